@@ -1,0 +1,393 @@
+"""The PruneJob API: one pydantic model of spec and status, shared by the
+controller, the worker, the CLI and the CRD generator.
+
+Imports no torch: the controller and `prune-job validate` load nothing heavy.
+Field names are the contract of DESIGN.md (camelCase on the wire).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, NamedTuple, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "pruning.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "PruneJob"
+PLURAL = "prunejobs"
+
+MODEL_SCHEMES = ("builtin:", "s3://", "hf://", "pvc://", "file://")
+DATA_SCHEMES = ("builtin:", "s3://", "pvc://", "file://")
+BUILTIN_MODELS = ("smollm2-135m",)
+BUILTIN_TEXTS = ("pydoc", "pydoc-heldout")
+NM_PATTERN = re.compile(r"^([0-9]+):([0-9]+)$")
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused
+    so that nothing in a spec is silently ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+    )
+
+
+class Pattern(NamedTuple):
+    """N:M sparsity: at most `n` non-zeros in every `m` consecutive inputs of a row."""
+
+    n: int
+    m: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def parse_pattern(text: str) -> Optional[Pattern]:
+    """`"unstructured"` → None; `"N:M"` → Pattern(N, M) with 0 < N < M."""
+    if text == "unstructured":
+        return None
+    match = NM_PATTERN.match(text)
+    if not match:
+        raise ValueError(f'pattern must be "unstructured" or "N:M" (e.g. "2:4"), got {text!r}')
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ValueError(f"pattern {text!r} needs 0 < N < M (N kept of every M inputs)")
+    return Pattern(n, m)
+
+
+def _check_uri(uri: str, schemes: tuple[str, ...], builtins: tuple[str, ...]) -> str:
+    if not uri:
+        raise ValueError("must not be empty")
+    if uri.startswith("builtin:"):
+        name = uri.removeprefix("builtin:")
+        if name not in builtins:
+            raise ValueError(f"unknown builtin {name!r}; known: {', '.join(builtins)}")
+        return uri
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    if scheme and not any(uri.startswith(s) for s in schemes):
+        supported = ", ".join(s for s in schemes if s != "builtin:")
+        raise ValueError(f"unsupported scheme {scheme.group(1)!r}; use {supported}, builtin: or a local path")
+    if uri.startswith(("s3://", "hf://", "pvc://")) and len(uri.split("://", 1)[1].strip("/")) == 0:
+        raise ValueError(f"{uri!r} names no bucket, repository or claim")
+    return uri
+
+
+# ---------------------------------------------------------------- spec
+
+
+class ModelSource(ApiModel):
+    uri: str = Field(description="builtin:NAME | s3://bucket/prefix/ | hf://org/name | pvc://claim/path | /local/dir")
+    revision: str = Field("main", description="Hugging Face revision (hf:// only)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    allow_pickle: bool = Field(False, description="accept .bin/.pt checkpoints (pickle); refused unless true")
+    trust_remote_code: bool = False
+    blocks: Optional[str] = Field(
+        None, description="dotted path of the decoder block list (e.g. model.layers); found automatically when absent"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, MODEL_SCHEMES, BUILTIN_MODELS)
+
+
+class Targets(ApiModel):
+    include: list[str] = Field(default_factory=list, description="regexes over module names; empty: every Linear in the blocks")
+    exclude: list[str] = Field(default_factory=lambda: ["lm_head"], description="regexes over module names")
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        for expr in v:
+            try:
+                re.compile(expr)
+            except re.error as err:
+                raise ValueError(f"invalid regex {expr!r}: {err}") from None
+        return v
+
+
+class Pruning(ApiModel):
+    method: Literal["sparsegpt", "wanda", "magnitude"] = "sparsegpt"
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of weights removed")
+    pattern: str = Field("unstructured", description='"unstructured" or "N:M" (at most N non-zeros in every M inputs)')
+    targets: Targets = Field(default_factory=Targets)
+    block_size: int = Field(128, ge=1, le=65536, description="SparseGPT column block")
+    dampening: float = Field(0.01, gt=0.0, le=10.0, description="SparseGPT: fraction of mean(diag H) added to the diagonal")
+    sequential: bool = Field(True, description="prune sub-layers in execution order, refreshing statistics")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        parse_pattern(v)
+        return v
+
+    @model_validator(mode="after")
+    def _sparsity_matches_pattern(self) -> "Pruning":
+        nm = parse_pattern(self.pattern)
+        if nm is not None and abs(self.sparsity - nm.sparsity) > 1e-6:
+            raise ValueError(
+                f"sparsity {self.sparsity} does not match pattern {nm} (which removes {nm.sparsity:g}); "
+                f"set sparsity to {nm.sparsity:g}"
+            )
+        return self
+
+    @property
+    def nm(self) -> Optional[Pattern]:
+        return parse_pattern(self.pattern)
+
+
+class Calibration(ApiModel):
+    uri: str = Field("builtin:pydoc", description="builtin:pydoc | s3://bucket/key | /local/file(.txt|.jsonl)")
+    samples: int = Field(128, ge=1, le=1_000_000)
+    sequence_length: int = Field(2048, ge=1, le=1_048_576)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, DATA_SCHEMES, BUILTIN_TEXTS)
+
+
+class Output(ApiModel):
+    uri: str = Field(description="s3://bucket/prefix/ or a local directory")
+    format: Literal["compressed", "dense"] = "compressed"
+    credentials_secret: Optional[str] = Field(
+        None, description="Secret with accessKey, secretKey (+ endpoint, region, secure)"
+    )
+    max_shard_bytes: int = Field(5_000_000_000, ge=1_000_000, description="largest safetensors shard")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if v.startswith(("builtin:", "hf://")):
+            raise ValueError("output must be s3://bucket/prefix/, pvc://claim/path or a local directory")
+        return _check_uri(v, ("s3://", "pvc://", "file://"), ())
+
+
+class PerplexityEval(ApiModel):
+    uri: str = "builtin:pydoc-heldout"
+    samples: int = Field(40, ge=1, le=1_000_000)
+    sequence_length: int = Field(512, ge=2, le=1_048_576)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, DATA_SCHEMES, BUILTIN_TEXTS)
+
+
+class GenerationEval(ApiModel):
+    enabled: bool = True
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
+    prompt_tokens: int = Field(128, ge=1)
+    new_tokens: int = Field(64, ge=1)
+    repeats: int = Field(3, ge=1, le=100, description="timed runs after one warm-up; the median is reported")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("batch sizes must be >= 1")
+        return v
+
+
+class Evaluation(ApiModel):
+    enabled: bool = True
+    perplexity: PerplexityEval = Field(default_factory=PerplexityEval)
+    generation: GenerationEval = Field(default_factory=GenerationEval)
+    gpu_hourly_cost: Optional[float] = Field(None, ge=0.0, description="USD per GPU hour; gives cost per million tokens")
+
+
+class Toleration(ApiModel):
+    key: Optional[str] = None
+    operator: Optional[Literal["Exists", "Equal"]] = None
+    value: Optional[str] = None
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    toleration_seconds: Optional[int] = None
+
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+
+class Resources(ApiModel):
+    gpus: int = Field(1, ge=0, le=64)
+    cpu: str = Field("8", pattern=QUANTITY)
+    memory: str = Field("64Gi", pattern=QUANTITY)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class RunPolicy(ApiModel):
+    backoff_limit: int = Field(2, ge=0, le=100)
+    active_deadline_seconds: int = Field(86400, ge=1)
+    ttl_seconds_after_finished: int = Field(604800, ge=0)
+    suspend: bool = False
+    queue_name: str = ""
+    priority_class_name: str = ""
+
+
+class PruneJobSpec(ApiModel):
+    model: ModelSource
+    pruning: Pruning = Field(default_factory=Pruning)
+    calibration: Calibration = Field(default_factory=Calibration)
+    output: Output
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    resources: Resources = Field(default_factory=Resources)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+
+class ObjectMeta(BaseModel):
+    """Only what the worker reads; the rest of metadata is the API server's."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("local", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    namespace: Optional[str] = None
+
+
+class PruneJob(ApiModel):
+    """A whole PruneJob document, as applied with kubectl."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+    api_version: Literal["pruning.dev/v1alpha1"] = API_VERSION
+    kind: Literal["PruneJob"] = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: PruneJobSpec
+
+
+# ---------------------------------------------------------------- status
+
+
+class Progress(ApiModel):
+    stage: str = "pending"  # resolving | calibrating | pruning | writing | uploading | evaluating | done
+    blocks_done: int = 0
+    blocks_total: int = 0
+    eta_seconds: Optional[float] = None
+
+
+class DenseSparse(ApiModel):
+    dense: Optional[float] = None
+    sparse: Optional[float] = None
+
+
+class PerplexityResult(DenseSparse):
+    increase_percent: Optional[float] = None
+
+
+class GenerationFigures(ApiModel):
+    tokens_per_second: Optional[float] = None
+    time_to_first_token_ms: Optional[float] = None
+    inter_token_latency_ms: Optional[float] = None
+
+
+class GenerationResult(ApiModel):
+    dense: GenerationFigures = Field(default_factory=GenerationFigures)
+    sparse: GenerationFigures = Field(default_factory=GenerationFigures)
+    note: Optional[str] = None
+
+
+class MemoryResult(ApiModel):
+    peak_host_bytes: int = 0
+    peak_device_bytes: int = 0
+
+
+class SecondsResult(ApiModel):
+    prune: float = 0.0
+    evaluate: float = 0.0
+    total: float = 0.0
+
+
+class ArtifactResult(ApiModel):
+    uri: Optional[str] = None
+    manifest: Optional[str] = None
+    bytes: int = 0
+    dense_bytes: int = 0
+
+
+class Results(ApiModel):
+    """The summary posted to `status.results`; results.json holds it plus detail."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    sparsity: Optional[float] = None
+    perplexity: PerplexityResult = Field(default_factory=PerplexityResult)
+    generation: GenerationResult = Field(default_factory=GenerationResult)
+    cost_per_million_tokens: DenseSparse = Field(default_factory=DenseSparse)
+    memory: MemoryResult = Field(default_factory=MemoryResult)
+    seconds: SecondsResult = Field(default_factory=SecondsResult)
+    artifact: ArtifactResult = Field(default_factory=ArtifactResult)
+
+
+class Condition(ApiModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: Optional[str] = None
+    observed_generation: Optional[int] = None
+
+
+class PruneJobStatus(ApiModel):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = "Pending"
+    observed_generation: Optional[int] = None
+    conditions: list[Condition] = Field(default_factory=list)
+    job_name: Optional[str] = None
+    start_time: Optional[str] = None
+    completion_time: Optional[str] = None
+    progress: Optional[Progress] = None
+    results: Optional[Results] = None
+
+
+# ---------------------------------------------------------------- errors
+
+
+class SpecError(ValueError):
+    """A spec that cannot run, with every bad field named by its path."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {reason}" for path, reason in problems))
+
+
+def field_path(loc: tuple[Any, ...], root: str = "") -> str:
+    parts = [root] if root else []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def problems_from(err: ValidationError, root: str = "") -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (not part of the PruneJob API)"
+        out.append((field_path(tuple(e["loc"]), root), msg))
+    return out
+
+
+def parse_prunejob(document: dict[str, Any]) -> PruneJob:
+    """Validate a PruneJob document (or a bare spec); raise SpecError naming fields."""
+    if not isinstance(document, dict):
+        raise SpecError([("", "a PruneJob document must be a YAML mapping")])
+    if "spec" not in document and "model" in document:
+        document = {"spec": document}
+    try:
+        return PruneJob.model_validate(document)
+    except ValidationError as err:
+        raise SpecError(problems_from(err)) from None
+
+
+def parse_spec(spec: dict[str, Any]) -> PruneJobSpec:
+    """Validate a bare `spec` mapping (as the controller receives it)."""
+    try:
+        return PruneJobSpec.model_validate(spec)
+    except ValidationError as err:
+        raise SpecError(problems_from(err, root="spec")) from None
