@@ -282,12 +282,23 @@ class GenerationFigures(ApiModel):
     tokens_per_second: Optional[float] = None
     time_to_first_token_ms: Optional[float] = None
     inter_token_latency_ms: Optional[float] = None
+    peak_memory_bytes: Optional[int] = Field(None, description="device memory on CUDA, process RSS on CPU")
 
 
 class GenerationResult(ApiModel):
     dense: GenerationFigures = Field(default_factory=GenerationFigures)
     sparse: GenerationFigures = Field(default_factory=GenerationFigures)
+    sparse_kernel: Optional[GenerationFigures] = Field(
+        None, description="the 2:4 model run with semi-structured sparse kernels (CUDA only)"
+    )
+    batch_size: Optional[int] = Field(None, description="the batch size these figures were measured at")
     note: Optional[str] = None
+
+
+class CostResult(DenseSparse):
+    """USD per million generated tokens at the measured throughput."""
+
+    sparse_kernel: Optional[float] = None
 
 
 class MemoryResult(ApiModel):
@@ -315,10 +326,67 @@ class Results(ApiModel):
     sparsity: Optional[float] = None
     perplexity: PerplexityResult = Field(default_factory=PerplexityResult)
     generation: GenerationResult = Field(default_factory=GenerationResult)
-    cost_per_million_tokens: DenseSparse = Field(default_factory=DenseSparse)
+    cost_per_million_tokens: CostResult = Field(default_factory=CostResult)
     memory: MemoryResult = Field(default_factory=MemoryResult)
     seconds: SecondsResult = Field(default_factory=SecondsResult)
     artifact: ArtifactResult = Field(default_factory=ArtifactResult)
+
+
+class LayerSparsity(ApiModel):
+    """One pruned layer as written: zeros counted from its weight."""
+
+    name: str
+    block: Optional[int] = None
+    zeros: int
+    numel: int
+    sparsity: float
+    pattern_ok: Optional[bool] = Field(None, description="every group satisfies the N:M pattern (None: not checked)")
+
+
+class PerplexityDetail(ApiModel):
+    source: str
+    windows: int
+    sequence_length: int
+    tokens: int = Field(description="predicted tokens per model (windows x (sequenceLength - 1))")
+    dense_nll: Optional[float] = Field(None, description="mean negative log-likelihood per token")
+    sparse_nll: Optional[float] = None
+    method: str = Field("streamed", description="streamed (one block at a time) or in-memory")
+
+
+class GenerationRun(ApiModel):
+    """One variant at one batch size: the median of `repeats` timed runs after one warm-up."""
+
+    variant: Literal["dense", "sparse", "sparse-kernel"]
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    repeats: int
+    figures: Optional[GenerationFigures] = None
+    skipped: Optional[str] = Field(None, description="why this run did not happen (e.g. does not fit)")
+
+
+class EvaluationEnvironment(ApiModel):
+    device: str
+    device_name: Optional[str] = None
+    dtype: str
+    torch_version: str
+    threads: int
+    memory_kind: Literal["device", "host-rss"]
+    sparse_kernel: Optional[str] = Field(None, description="semi-structured backend used, if any")
+
+
+class ResultsDetail(Results):
+    """results.json: the status summary plus per-layer and per-batch detail.
+    `summary()` is exactly what goes to `status.results`."""
+
+    layers: list[LayerSparsity] = Field(default_factory=list)
+    perplexity_detail: Optional[PerplexityDetail] = None
+    generation_runs: list[GenerationRun] = Field(default_factory=list)
+    environment: Optional[EvaluationEnvironment] = None
+    notes: list[str] = Field(default_factory=list)
+
+    def summary(self) -> Results:
+        return Results.model_validate(self.model_dump(include=set(Results.model_fields)))
 
 
 class Condition(ApiModel):
