@@ -333,14 +333,25 @@ class Results(ApiModel):
 
 
 class LayerSparsity(ApiModel):
-    """One pruned layer as written: zeros counted from its weight."""
+    """One pruned layer; `zeros`/`numel` are counted from the weight as written."""
 
     name: str
     block: Optional[int] = None
-    zeros: int
-    numel: int
+    shape: list[int] = Field(default_factory=list)
     sparsity: float
+    zeros: Optional[int] = None
+    numel: Optional[int] = None
     pattern_ok: Optional[bool] = Field(None, description="every group satisfies the N:M pattern (None: not checked)")
+    group: list[str] = Field(default_factory=list, description="layers that shared this layer's statistics")
+
+
+class CalibrationUsed(ApiModel):
+    uri: str
+    samples: int
+    sequence_length: int
+    seed: int
+    tokens: int
+    ids_sha256: str
 
 
 class PerplexityDetail(ApiModel):
@@ -379,6 +390,11 @@ class ResultsDetail(Results):
     """results.json: the status summary plus per-layer and per-batch detail.
     `summary()` is exactly what goes to `status.results`."""
 
+    method: Optional[str] = None
+    pattern: Optional[str] = None
+    target_sparsity: Optional[float] = None
+    device: Optional[str] = None
+    calibration: Optional[CalibrationUsed] = None
     layers: list[LayerSparsity] = Field(default_factory=list)
     perplexity_detail: Optional[PerplexityDetail] = None
     generation_runs: list[GenerationRun] = Field(default_factory=list)
