@@ -1,0 +1,172 @@
+"""Calibration and evaluation token windows (DESIGN.md, "Calibration and evaluation files").
+
+`.txt` is tokenised and cut into consecutive windows of `sequenceLength`
+tokens, BOS first where the tokenizer has one. `.jsonl` rows are
+`{"text": ...}` (tokenised, truncated) or `{"input_ids": [...]}` (used exactly,
+one sample per row). `builtin:pydoc` is the CPython pydoc topics text minus its
+last quarter, which is `builtin:pydoc-heldout`: evaluation never sees
+calibration text.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from prune_job.spec import SpecError
+from prune_job.uris import local_path
+
+log = logging.getLogger(__name__)
+HELDOUT_FRACTION = 0.25
+
+
+def pydoc_text(part: str) -> str:
+    """Deterministic split of pydoc_data.topics: 'pydoc' (calibration) or 'pydoc-heldout'."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))
+    cut = text.rfind("\n\n", 0, int(len(text) * (1 - HELDOUT_FRACTION)))
+    return text[:cut] if part == "pydoc" else text[cut + 2 :]
+
+
+@dataclass
+class TextSource:
+    """Either one running text, or rows (each text or exact token ids)."""
+
+    text: Optional[str] = None
+    rows: Optional[list[dict[str, Any]]] = None
+    name: str = ""
+
+
+def read_source(uri: str, field: str, fetch: Optional[Callable[[str], Path]] = None) -> TextSource:
+    """Read a data URI; `fetch` turns remote URIs (s3://) into local files."""
+    if uri.startswith("builtin:"):
+        return TextSource(text=pydoc_text(uri.removeprefix("builtin:")), name=uri)
+    if uri.startswith("s3://"):
+        if fetch is None:
+            raise SpecError([(field, "s3:// data needs the storage extra (minio)")])
+        path = fetch(uri)
+    else:
+        path = local_path(uri)
+    if not path.is_file():
+        raise SpecError([(field, f"{path} does not exist or is not a file")])
+    if path.suffix == ".txt":
+        return TextSource(text=path.read_text(encoding="utf-8"), name=uri)
+    if path.suffix == ".jsonl":
+        return TextSource(rows=_read_jsonl(path, field), name=uri)
+    raise SpecError([(field, f"{path.name}: use a .txt or .jsonl file")])
+
+
+def _read_jsonl(path: Path, field: str) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SpecError([(field, f"{path.name} line {n}: not JSON ({err.msg})")]) from None
+            if not isinstance(row, dict) or not ({"text", "input_ids"} & row.keys()):
+                raise SpecError([(field, f'{path.name} line {n}: expected {{"text": ...}} or {{"input_ids": [...]}}')])
+            rows.append(row)
+    if not rows:
+        raise SpecError([(field, f"{path.name} has no rows")])
+    return rows
+
+
+def token_windows(
+    source: TextSource,
+    tokenizer: Any,
+    samples: int,
+    length: int,
+    seed: int,
+    field: str,
+    vocab_size: Optional[int] = None,
+) -> list[torch.Tensor]:
+    """`samples` windows (1-D token id tensors), taken in order from the start."""
+    if source.rows is not None:
+        windows = [_row_ids(row, tokenizer, length, field, n) for n, row in enumerate(source.rows[:samples], 1)]
+        if len(windows) < samples:
+            raise SpecError([(f"{field.rsplit('.', 1)[0]}.samples",
+                              f"asks for {samples} samples but {source.name} has {len(windows)} rows")])
+    else:
+        windows = _text_windows(source, tokenizer, samples, length, seed, field)
+    if vocab_size is not None:
+        for n, w in enumerate(windows):
+            if len(w) and (int(w.max()) >= vocab_size or int(w.min()) < 0):
+                raise SpecError([(field, f"sample {n}: token ids must lie in [0, {vocab_size})")])
+    return windows
+
+
+def _require_tokenizer(tokenizer: Any, field: str) -> Any:
+    if tokenizer is None:
+        raise SpecError([(field, "text needs a tokenizer, and the model folder has none; "
+                                 'give token ids instead (.jsonl rows {"input_ids": [...]})')])
+    return tokenizer
+
+
+def _row_ids(row: dict[str, Any], tokenizer: Any, length: int, field: str, n: int) -> torch.Tensor:
+    if "input_ids" in row:
+        ids = row["input_ids"]
+        if not ids or not all(isinstance(i, int) for i in ids):
+            raise SpecError([(field, f"row {n}: input_ids must be a non-empty list of integers")])
+        return torch.tensor(ids, dtype=torch.long)
+    ids = _require_tokenizer(tokenizer, field)(row["text"], truncation=True, max_length=length)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _text_windows(source: TextSource, tokenizer: Any, samples: int, length: int, seed: int, field: str) -> list[torch.Tensor]:
+    tok = _require_tokenizer(tokenizer, field)
+    ids = torch.tensor(tok(source.text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    bos = getattr(tok, "bos_token_id", None)
+    body = length - 1 if bos is not None else length
+    if body < 1 or len(ids) < body:
+        raise SpecError([(f"{field.rsplit('.', 1)[0]}.sequenceLength",
+                          f"{length} tokens is longer than {source.name} ({len(ids)} tokens)")])
+    count = min(samples, len(ids) // body)
+    starts = [k * body for k in range(count)]
+    if count < samples:
+        # Not enough distinct text: the rest start at seeded random offsets (recorded in the log).
+        log.warning("%s gives %d windows of %d tokens; %d more start at random offsets (seed %d)",
+                    source.name, count, length, samples - count, seed)
+        g = torch.Generator().manual_seed(seed)
+        starts += torch.randint(0, len(ids) - body + 1, (samples - count,), generator=g).tolist()
+    prefix = torch.tensor([bos], dtype=torch.long) if bos is not None else torch.empty(0, dtype=torch.long)
+    return [torch.cat([prefix, ids[s : s + body]]) for s in starts]
+
+
+def micro_batches(windows: list[torch.Tensor], tokens_per_batch: int) -> list[torch.Tensor]:
+    """Stack windows of equal length into [B, L] batches of about `tokens_per_batch` tokens."""
+    batches: list[torch.Tensor] = []
+    by_length: dict[int, list[torch.Tensor]] = {}
+    for w in windows:
+        by_length.setdefault(len(w), []).append(w)
+    for length, group in by_length.items():
+        size = max(1, tokens_per_batch // max(length, 1))
+        batches += [torch.stack(group[k : k + size]) for k in range(0, len(group), size)]
+    return batches
+
+
+def ids_digest(windows: list[torch.Tensor]) -> str:
+    """sha256 of the token ids used, for the manifest."""
+    h = hashlib.sha256()
+    for w in windows:
+        h.update(w.to(torch.int64).numpy().tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def load_tokenizer(model_dir: Union[str, Path], trust_remote_code: bool = False) -> Any:
+    """The model folder's tokenizer, or None when it ships none."""
+    from transformers import AutoTokenizer
+
+    names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+    if not any((Path(model_dir) / n).exists() for n in names):
+        return None
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)

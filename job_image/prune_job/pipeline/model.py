@@ -1,0 +1,265 @@
+"""A model skeleton on the meta device whose tensors are read from the
+safetensors files only when a module needs them, and dropped after.
+
+The block pipeline alone moves weights between disk, host and device; this
+module is the part of it that knows the checkpoint files.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+from prune_job.spec import SpecError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PRUNABLE = (nn.Linear, Conv1D)
+
+
+class ModelFormatError(ValueError):
+    """The model folder cannot be read as asked (missing files, pickle refused)."""
+
+
+def weight_files(model_dir: Path, allow_pickle: bool) -> list[Path]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise SpecError([(
+            "spec.model.allowPickle",
+            f"{model_dir} holds only pickle checkpoints ({pickles[0].name}); pickle can run arbitrary code. "
+            "Convert the model to safetensors, or set allowPickle: true if you trust it",
+        )])
+    if pickles:
+        raise ModelFormatError(
+            f"{model_dir}: pickle checkpoints are allowed by the spec but the block-streaming loader reads "
+            "safetensors only; convert with `save_pretrained(..., safe_serialization=True)`"
+        )
+    raise SpecError([("spec.model.uri", f"{model_dir} contains no *.safetensors weights")])
+
+
+class WeightIndex:
+    """Which file holds each tensor; files are opened per read so that no
+    memory map (and its resident pages) outlives the block that needed it."""
+
+    def __init__(self, files: Iterable[Path]):
+        self.location: dict[str, Path] = {}
+        for path in files:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    self.location[key] = path
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.location
+
+    def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+        by_file: dict[Path, list[str]] = defaultdict(list)
+        for key in keys:
+            by_file[self.location[key]].append(key)
+        out = {}
+        for path, names in by_file.items():
+            with safe_open(path, framework="pt") as f:
+                for name in names:
+                    out[name] = f.get_tensor(name)
+        return out
+
+
+def find_blocks(model: nn.Module, override: Optional[str] = None) -> tuple[str, nn.ModuleList]:
+    """The decoder blocks: the spec's dotted path if given, else the ModuleList
+    whose children are the model's `_no_split_modules` classes, else the
+    longest ModuleList of same-typed children."""
+    if override:
+        try:
+            found = model.get_submodule(override)
+        except AttributeError:
+            raise SpecError([("spec.model.blocks", f"no module {override!r} in this model")]) from None
+        if not isinstance(found, nn.ModuleList):
+            raise SpecError([("spec.model.blocks", f"{override!r} is a {type(found).__name__}, not a ModuleList")])
+        return override, found
+    block_classes = set(getattr(model, "_no_split_modules", None) or [])
+    candidates = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            kinds = {type(child) for child in module}
+            if len(kinds) == 1:
+                preferred = next(iter(kinds)).__name__ in block_classes
+                candidates.append((preferred, len(module), name, module))
+    if not candidates:
+        raise SpecError([("spec.model.blocks", "no list of decoder blocks found; name it, e.g. model.layers")])
+    _, _, name, module = max(candidates, key=lambda c: (c[0], c[1]))
+    return name, module
+
+
+@dataclass
+class Target:
+    """One prunable layer: a Linear, or transformers' Conv1D whose weight is stored transposed."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def transposed(self) -> bool:
+        return isinstance(self.module, Conv1D)
+
+    @property
+    def in_features(self) -> int:
+        w = self.module.weight
+        return w.shape[0] if self.transposed else w.shape[1]
+
+    def get_weight(self) -> torch.Tensor:
+        """[out, in] view of the weight."""
+        w = self.module.weight.data
+        return w.t() if self.transposed else w
+
+    def set_weight(self, w: torch.Tensor) -> None:
+        self.module.weight.data = (w.t() if self.transposed else w).contiguous()
+
+
+def select_targets(block: nn.Module, prefix: str, include: list[str], exclude: list[str]) -> list[Target]:
+    targets = []
+    for rel, module in block.named_modules():
+        if not isinstance(module, PRUNABLE):
+            continue
+        name = f"{prefix}.{rel}"
+        if include and not any(re.search(p, name) for p in include):
+            continue
+        if any(re.search(p, name) for p in exclude):
+            continue
+        targets.append(Target(name, module))
+    return targets
+
+
+@dataclass
+class ModelHandle:
+    """The meta-device skeleton, the weight index, and where blocks live."""
+
+    model_dir: Path
+    model: nn.Module
+    index: WeightIndex
+    dtype: torch.dtype
+    device: torch.device
+    blocks_path: str
+    blocks: nn.ModuleList
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def block_prefix(self, i: int) -> str:
+        return f"{self.blocks_path}.{i}"
+
+    def checkpoint_key(self, name: str) -> Optional[str]:
+        """The key under which a parameter is stored (tied weights are stored once)."""
+        for alias in [name, *self.aliases.get(name, [])]:
+            if alias in self.index:
+                return alias
+        return None
+
+    def load(self, module: nn.Module, prefix: str) -> None:
+        """Materialise a module's own meta parameters (not its children's) from disk."""
+        names = [f"{prefix}.{n}" if prefix else n for n, p in module.named_parameters(recurse=False) if p.is_meta]
+        self._load_names(names)
+
+    def load_tree(self, prefix: str) -> None:
+        module = self.model.get_submodule(prefix)
+        names = [f"{prefix}.{n}" for n, p in module.named_parameters() if p.is_meta]
+        self._load_names(names)
+        for n, b in module.named_buffers():
+            if b.device != self.device and not b.is_meta:
+                set_module_tensor_to_device(self.model, f"{prefix}.{n}", self.device)
+
+    def _load_names(self, names: list[str]) -> None:
+        keys = {}
+        for name in names:
+            key = self.checkpoint_key(name)
+            if key is None:
+                raise ModelFormatError(f"{self.model_dir}: no tensor for {name} in the safetensors files")
+            keys[name] = key
+        tensors = self.index.read(set(keys.values()))
+        for name, key in keys.items():
+            value = tensors[key]
+            dtype = self.dtype if value.is_floating_point() else None
+            for alias in [name, *self.aliases.get(name, [])]:
+                set_module_tensor_to_device(self.model, alias, self.device, value=value, dtype=dtype)
+
+    def release_tree(self, prefix: str) -> None:
+        """Send a module's parameters back to the meta device, freeing them."""
+        module = self.model.get_submodule(prefix)
+        for n, _ in list(module.named_parameters()):
+            set_module_tensor_to_device(self.model, f"{prefix}.{n}", "meta")
+
+    def state_keys(self, prefix: str) -> list[str]:
+        """Checkpoint keys of a module tree, as the source stored them."""
+        module = self.model.get_submodule(prefix)
+        keys = [f"{prefix}.{n}" for n, _ in module.state_dict(keep_vars=True).items()]
+        return [k for k in keys if k in self.index]
+
+
+def tied_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Parameter names that share one tensor (e.g. lm_head and the embeddings)."""
+    groups: dict[int, list[str]] = defaultdict(list)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups[id(param)].append(name)
+    return {n: [a for a in names if a != n] for names in groups.values() if len(names) > 1 for n in names}
+
+
+def open_model(
+    model_dir: Path,
+    dtype: str = "float32",
+    device: Optional[torch.device] = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    blocks: Optional[str] = None,
+    index: Optional["WeightIndex"] = None,
+) -> ModelHandle:
+    """Build the skeleton with empty weights; reads only config and file headers.
+    `index` replaces the plain safetensors reader (e.g. one that decodes a
+    compressed checkpoint); it needs `location`, `__contains__` and `read(keys)`."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise SpecError([("spec.model.uri", f"{model_dir} has no config.json (not a Hugging Face model folder)")])
+    if index is None:
+        index = WeightIndex(weight_files(model_dir, allow_pickle))
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    config.use_cache = False
+    torch_dtype = DTYPES[dtype]
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(
+            config, trust_remote_code=trust_remote_code, dtype=torch_dtype
+        )
+    model.tie_weights()  # tied tensors (head = embeddings) are stored once; share the meta parameter
+    model.eval()
+    device = device or default_device()
+    blocks_path, block_list = find_blocks(model, blocks)
+    return ModelHandle(
+        model_dir=model_dir,
+        model=model,
+        index=index,
+        dtype=torch_dtype,
+        device=device,
+        blocks_path=blocks_path,
+        blocks=block_list,
+        aliases=tied_aliases(model),
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

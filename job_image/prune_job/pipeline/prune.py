@@ -1,0 +1,202 @@
+"""The block-sequential pruning loop: one decoder block in memory at a time.
+
+For each block: load its tensors, gather statistics over the calibration
+activations, prune, recompute the block's outputs with the pruned weights
+(the next block's inputs), hand the tensors to the writer, free the block.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+import torch
+
+from prune_job import algorithms
+from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs, run_block
+from prune_job.pipeline.model import ModelHandle, Target, select_targets
+from prune_job.pipeline.statistics import Group, GroupCollector
+from prune_job.spec import Pattern, Pruning, SpecError
+
+
+class TensorSink(Protocol):
+    def add(self, name: str, tensor: torch.Tensor, pattern: Optional[Pattern] = None, pruned: bool = False) -> None: ...
+
+
+@dataclass
+class LayerResult:
+    name: str
+    block: int
+    shape: tuple[int, int]
+    sparsity: float
+    group: list[str]
+    seconds: float
+
+
+@dataclass
+class PruneResult:
+    layers: list[LayerResult] = field(default_factory=list)
+    seconds_calibration: float = 0.0
+    seconds_blocks: float = 0.0
+
+    @property
+    def pruned_params(self) -> int:
+        return sum(l.shape[0] * l.shape[1] for l in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        total = self.pruned_params
+        zeros = sum(l.sparsity * l.shape[0] * l.shape[1] for l in self.layers)
+        return zeros / total if total else 0.0
+
+
+BlockCallback = Callable[[int, int, float], None]  # (blocks done, blocks total, seconds of this block)
+
+
+def block_targets(handle: ModelHandle, i: int, pruning: Pruning) -> list[Target]:
+    return select_targets(handle.blocks[i], handle.block_prefix(i), pruning.targets.include, pruning.targets.exclude)
+
+
+def check_targets(handle: ModelHandle, pruning: Pruning) -> None:
+    """Refuse what cannot run before any tensor is read: N:M widths, empty selections."""
+    targets = [t for i in range(handle.num_blocks) for t in block_targets(handle, i, pruning)]
+    if not targets:
+        raise SpecError([("spec.pruning.targets", "selects no Linear layer inside the decoder blocks")])
+    nm = pruning.nm
+    if nm is not None:
+        bad = sorted({t.in_features for t in targets if t.in_features % nm.m})
+        if bad:
+            raise SpecError([(
+                "spec.pruning.pattern",
+                f"{nm} needs input widths divisible by {nm.m}; this model has layers of width {bad}",
+            )])
+
+
+class Method:
+    """The method's statistics and its per-group prune, over pure algorithm functions."""
+
+    def __init__(self, pruning: Pruning):
+        self.p = pruning
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.p.method != "magnitude"
+
+    def make_stats(self, in_features: int, device: torch.device):
+        if self.p.method == "wanda":
+            return algorithms.WandaStats(in_features, device=device)
+        return algorithms.HessianStats(in_features, device=device)
+
+    def prune_group(self, group: Group) -> None:
+        p = self.p
+        factor = algorithms.factorise(group.stats.H, p.dampening) if p.method == "sparsegpt" else None
+        for t in group.members:
+            w = t.get_weight()
+            if p.method == "magnitude":
+                new = algorithms.magnitude_prune(w, p.sparsity, p.nm)
+            elif p.method == "wanda":
+                new = algorithms.wanda_prune(w, p.sparsity, p.nm, group.stats)
+            else:
+                try:
+                    new = algorithms.sparsegpt_prune(w, factor, p.sparsity, p.nm, p.block_size)
+                except algorithms.FactorizationError as err:
+                    raise algorithms.FactorizationError(f"{t.name}: {err}") from None
+            t.set_weight(new)
+        group.stats = None
+
+
+def prune_block(
+    handle: ModelHandle, i: int, inputs: list[MicroBatch], method: Method
+) -> tuple[list[LayerResult], list[Target]]:
+    """Prune block i in place (its tensors must be loaded)."""
+    targets = block_targets(handle, i, method.p)
+    block = handle.blocks[i]
+    results: list[LayerResult] = []
+    if method.p.sparsity == 0:
+        groups: list[Group] = [Group([t]) for t in targets]
+    elif not method.needs_calibration:
+        groups = [Group([t]) for t in targets]
+        for g in groups:
+            method.prune_group(g)
+    elif method.p.sequential:
+        groups, remaining = [], list(targets)
+        while remaining:  # each pass sees the layers pruned so far
+            found = GroupCollector(remaining, method.make_stats, first_group_only=True).run(block, inputs, handle.device)
+            if not found:
+                raise RuntimeError(f"layers never ran in block {i}'s forward: {[t.name for t in remaining]}")
+            method.prune_group(found[0])
+            groups.append(found[0])
+            done = {id(t) for t in found[0].members}
+            remaining = [t for t in remaining if id(t) not in done]
+    else:
+        groups = GroupCollector(targets, method.make_stats).run(block, inputs, handle.device)
+        missing = {id(t) for t in targets} - {id(t) for g in groups for t in g.members}
+        if missing:
+            raise RuntimeError(f"some target layers never ran in block {i}'s forward")
+        for g in groups:
+            method.prune_group(g)
+    for g in groups:
+        for t in g.members:
+            w = t.get_weight()
+            results.append(LayerResult(t.name, i, tuple(w.shape), float((w == 0).sum()) / w.numel(), g.names, 0.0))
+    return results, targets
+
+
+def write_block(handle: ModelHandle, i: int, pruned: list[Target], pattern: Optional[Pattern], sink: TensorSink) -> None:
+    prefix = handle.block_prefix(i)
+    pruned_keys = {f"{t.name}.weight": t for t in pruned}
+    state = handle.model.get_submodule(prefix).state_dict()
+    for key in handle.state_keys(prefix):
+        tensor = state[key.removeprefix(prefix + ".")]
+        target = pruned_keys.get(key)
+        # N:M groups run along a row of the [out, in] weight; Conv1D stores it transposed.
+        layout_ok = target is not None and not target.transposed
+        sink.add(key, tensor, pattern=pattern if layout_ok else None, pruned=target is not None)
+
+
+def write_outer(handle: ModelHandle, sink: TensorSink) -> None:
+    """Tensors outside the blocks (embeddings, norms, head), copied one at a time."""
+    block_prefix = handle.blocks_path + "."
+    for key in sorted(handle.index.location):
+        if key.startswith(block_prefix):
+            continue
+        tensor = handle.index.read([key])[key]
+        sink.add(key, tensor.to(handle.dtype) if tensor.is_floating_point() else tensor)
+
+
+def prune_model(
+    handle: ModelHandle,
+    pruning: Pruning,
+    batches: list[torch.Tensor],
+    sink: TensorSink,
+    on_block: Optional[BlockCallback] = None,
+    start_block: int = 0,
+) -> PruneResult:
+    """Prune every block in order. `batches` are micro-batches of token ids."""
+    method = Method(pruning)
+    result = PruneResult()
+    check_targets(handle, pruning)
+    inputs: list[MicroBatch] = []
+    if method.needs_calibration and pruning.sparsity > 0:
+        t0 = time.perf_counter()
+        inputs = capture_block_inputs(handle, batches)
+        result.seconds_calibration = time.perf_counter() - t0
+    t_blocks = time.perf_counter()
+    for i in range(start_block, handle.num_blocks):
+        t0 = time.perf_counter()
+        prefix = handle.block_prefix(i)
+        handle.load_tree(prefix)
+        layers, targets = prune_block(handle, i, inputs, method)
+        if inputs and i + 1 < handle.num_blocks:
+            inputs = advance(inputs, run_block(handle.blocks[i], inputs, handle.device))
+        write_block(handle, i, targets, pruning.nm, sink)
+        handle.release_tree(prefix)
+        seconds = time.perf_counter() - t0
+        for layer in layers:
+            layer.seconds = seconds / max(len(layers), 1)
+        result.layers.extend(layers)
+        if on_block:
+            on_block(i + 1, handle.num_blocks, seconds)
+    write_outer(handle, sink)
+    result.seconds_blocks = time.perf_counter() - t_blocks
+    return result

@@ -1,0 +1,187 @@
+"""One PruneJob, start to end, on this machine: resolve the model, read the
+calibration windows, prune block by block into the checkpoint writer,
+evaluate, and assemble the results (DESIGN.md, "One PruneJob, end to end")."""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from prune_job import __version__
+from prune_job.data import ids_digest, load_tokenizer, micro_batches, read_source, token_windows
+from prune_job.pipeline.model import ModelHandle, default_device, open_model
+from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
+from prune_job.progress import RunProgress
+from prune_job.report_status import NullReporter, StatusReporter
+from prune_job.sources import is_remote, output_dir, resolve_model
+from prune_job.spec import CalibrationUsed, LayerSparsity, PruneJob, ResultsDetail
+
+log = logging.getLogger(__name__)
+TOKENS_PER_BATCH = 8192
+COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+def peak_host_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def peak_device_bytes() -> int:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+@dataclass
+class Prepared:
+    """Everything resolved and checked before heavy work starts."""
+
+    model_dir: Path
+    handle: ModelHandle
+    tokenizer: Any
+    windows: list[torch.Tensor]
+
+
+def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
+    spec = job.spec
+    model_dir = resolve_model(spec.model)
+    handle = open_model(
+        model_dir, spec.model.dtype, default_device(), spec.model.allow_pickle,
+        spec.model.trust_remote_code, spec.model.blocks,
+    )
+    check_targets(handle, spec.pruning)
+    tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
+    windows: list[torch.Tensor] = []
+    if spec.pruning.method != "magnitude" and spec.pruning.sparsity > 0:
+        cal = spec.calibration
+        source = read_source(cal.uri, "spec.calibration.uri", fetch)
+        windows = token_windows(source, tokenizer, cal.samples, cal.sequence_length, cal.seed,
+                                "spec.calibration.uri", vocab_size=_vocab_size(handle))
+    return Prepared(model_dir, handle, tokenizer, windows)
+
+
+def _vocab_size(handle: ModelHandle) -> Optional[int]:
+    emb = handle.model.get_input_embeddings()
+    return getattr(emb, "num_embeddings", None)
+
+
+def _fetcher():
+    def fetch(uri: str) -> Path:
+        from prune_job import storage
+        from prune_job.builtin import cache_root
+
+        return storage.fetch_data(uri, cache_root() / "s3")
+
+    return fetch
+
+
+def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = None, show_bar: bool = True) -> ResultsDetail:
+    """Run a PruneJob; return results.json's model (also written beside the checkpoint)."""
+    from prune_job.checkpoint import CheckpointWriter
+
+    spec = job.spec
+    reporter = reporter or NullReporter()
+    progress = RunProgress(reporter, show_bar)
+    t_start = time.perf_counter()
+    torch.manual_seed(spec.calibration.seed)
+
+    progress.stage("resolving")
+    prepared = prepare(job, _fetcher())
+    handle = prepared.handle
+    out_dir = output_dir(spec.output.uri, workdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    uploader = _uploader(spec.output.uri, out_dir)
+
+    writer = CheckpointWriter(out_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
+                              on_file_written=uploader)
+    progress.stage("pruning", total=handle.num_blocks)
+    t_prune = time.perf_counter()
+    batches = micro_batches(prepared.windows, TOKENS_PER_BATCH)
+    pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done)
+    seconds_prune = time.perf_counter() - t_prune
+
+    progress.stage("writing")
+    for name in COPIED_FILES:
+        if (prepared.model_dir / name).is_file():
+            writer.add_file(name, prepared.model_dir / name)
+    detail = _results(job, prepared, pruned, seconds_prune)
+    summary = writer.finish(_manifest_fields(job, detail))
+    detail.artifact.uri = spec.output.uri
+    detail.artifact.bytes = summary.bytes
+    detail.artifact.dense_bytes = summary.dense_bytes
+    detail.artifact.manifest = _join(spec.output.uri, Path(summary.manifest).name)
+
+    if spec.evaluation.enabled:
+        progress.stage("evaluating")
+        t_eval = time.perf_counter()
+        _evaluate(job, prepared, out_dir, detail, progress)
+        detail.seconds.evaluate = time.perf_counter() - t_eval
+
+    detail.seconds.total = time.perf_counter() - t_start
+    detail.memory.peak_host_bytes = peak_host_bytes()
+    detail.memory.peak_device_bytes = peak_device_bytes()
+    (out_dir / "results.json").write_text(detail.model_dump_json(by_alias=True, indent=2))
+    if uploader is not None:
+        progress.stage("uploading")
+        uploader(out_dir / "results.json")
+        uploader.close()
+    progress.stage("done")
+    reporter.results(detail.summary())
+    reporter.close()
+    return detail
+
+
+def _join(uri: str, name: str) -> str:
+    return uri.rstrip("/") + "/" + name
+
+
+def _uploader(uri: str, out_dir: Path):
+    if not is_remote(uri):
+        return None
+    from prune_job import storage
+
+    return storage.Uploader(uri, out_dir)
+
+
+def _results(job: PruneJob, prepared: Prepared, pruned: PruneResult, seconds_prune: float) -> ResultsDetail:
+    spec = job.spec
+    cal = spec.calibration
+    detail = ResultsDetail(
+        sparsity=pruned.sparsity,
+        method=spec.pruning.method,
+        pattern=spec.pruning.pattern,
+        target_sparsity=spec.pruning.sparsity,
+        device=str(prepared.handle.device),
+        layers=[LayerSparsity(name=l.name, block=l.block, shape=list(l.shape), sparsity=l.sparsity, group=l.group)
+                for l in pruned.layers],
+    )
+    if prepared.windows:
+        detail.calibration = CalibrationUsed(
+            uri=cal.uri, samples=len(prepared.windows), sequence_length=cal.sequence_length, seed=cal.seed,
+            tokens=sum(len(w) for w in prepared.windows), ids_sha256=ids_digest(prepared.windows),
+        )
+    detail.seconds.prune = seconds_prune
+    return detail
+
+
+def _manifest_fields(job: PruneJob, detail: ResultsDetail) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "tool": {"name": "prune-job", "version": __version__},
+        "source": {"uri": spec.model.uri, "revision": spec.model.revision, "dtype": spec.model.dtype},
+        "pruning": json.loads(spec.pruning.model_dump_json(by_alias=True)),
+        "calibration": json.loads(detail.calibration.model_dump_json(by_alias=True)) if detail.calibration else None,
+        "sparsity": {"target": spec.pruning.sparsity, "measured": detail.sparsity,
+                     "layers": {l.name: l.sparsity for l in detail.layers}},
+    }
+
+
+def _evaluate(job: PruneJob, prepared: Prepared, out_dir: Path, detail: ResultsDetail, progress: RunProgress) -> None:
+    from prune_job.evaluation import evaluate
+
+    evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=out_dir, tokenizer=prepared.tokenizer,
+             detail=detail, fetch=_fetcher(), progress=progress)

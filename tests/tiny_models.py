@@ -1,0 +1,43 @@
+"""Tiny random decoder-only models saved with save_pretrained, for mechanics tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    Qwen2Config,
+)
+
+VOCAB = 256
+
+
+def tiny_config(arch: str, layers: int = 2, hidden: int = 64):
+    common = dict(vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=4)
+    if arch == "llama":
+        return LlamaConfig(intermediate_size=2 * hidden, num_key_value_heads=2, tie_word_embeddings=True, **common)
+    if arch == "mistral":
+        return MistralConfig(intermediate_size=2 * hidden, num_key_value_heads=2, **common)
+    if arch == "qwen2":
+        return Qwen2Config(intermediate_size=2 * hidden, num_key_value_heads=2, **common)
+    if arch == "opt":
+        return OPTConfig(vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=4,
+                         ffn_dim=2 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=512)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=VOCAB, n_layer=layers, n_embd=hidden, n_head=4, n_positions=512)
+    raise ValueError(arch)
+
+
+ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2")
+
+
+def save_tiny_model(directory: Path, arch: str = "llama", layers: int = 2, hidden: int = 64, seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, hidden)).to(dtype)
+    model.save_pretrained(directory)
+    return Path(directory)
