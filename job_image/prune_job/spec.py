@@ -267,6 +267,9 @@ class Progress(ApiModel):
     blocks_done: int = 0
     blocks_total: int = 0
     eta_seconds: Optional[float] = None
+    blocks: Optional[str] = Field(
+        None, description='"blocksDone/blocksTotal" as text, for `kubectl get pj` (set by the status reporter)'
+    )
 
 
 class DenseSparse(ApiModel):
