@@ -1,0 +1,232 @@
+"""`evaluate`: dense against sparse under the same conditions, after the
+checkpoint is written. Fills the ResultsDetail the orchestrator passes in and
+writes report.md and its plots beside the checkpoint.
+
+Order: measured sparsity (from the written weights) → perplexity of both
+models with the block-streaming forward (same windows) → generation benchmark
+of both fully loaded models (and, on CUDA, the 2:4 model with semi-structured
+kernels) → cost → report. A model that does not fit for generation is
+recorded in the results; perplexity is still reported.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from prune_job.data import micro_batches, read_source, token_windows
+from prune_job.evaluation import generation, kernels, sparsity
+from prune_job.evaluation.perplexity import Perplexity, increase_percent
+from prune_job.evaluation.report import write_report
+from prune_job.evaluation.summary import cost_summary, generation_summary
+from prune_job.evaluation.weights import (
+    WeightSource, iter_weights, load_full_model, source_keys, streaming_handle, weight_source,
+)
+from prune_job.pipeline.model import DTYPES, ModelHandle, default_device, open_model
+from prune_job.pipeline.stream import streamed_nll
+from prune_job.spec import (
+    EvaluationEnvironment, GenerationRun, PerplexityDetail, PerplexityResult, PruneJob, ResultsDetail,
+)
+from transformers.pytorch_utils import Conv1D
+
+TOKENS_PER_BATCH = 8192  # eval micro-batch size in tokens (the same for dense and sparse)
+
+
+@dataclass
+class Models:
+    """The two models compared, and how to build them."""
+
+    dense_dir: Path
+    sparse: WeightSource  # the written (pruned) weights
+    dtype: str
+    device: torch.device
+    trust_remote_code: bool = False
+    blocks: Optional[str] = None
+
+    @cached_property
+    def skeleton(self) -> nn.Module:
+        """The dense model on the meta device: shapes, config, module types; no weights."""
+        return self.handle(sparse=False).model
+
+    def handle(self, sparse: bool) -> ModelHandle:
+        """A meta-device skeleton whose blocks are read one at a time from the dense or the sparse weights."""
+        if sparse:
+            return streaming_handle(self.dense_dir, self.sparse, self.dtype, self.device,
+                                    self.trust_remote_code, self.blocks)
+        return open_model(self.dense_dir, self.dtype, self.device, trust_remote_code=self.trust_remote_code,
+                          blocks=self.blocks)
+
+    def load(self, sparse: bool) -> nn.Module:
+        return load_full_model(self.dense_dir, self.dtype, self.device, self.sparse if sparse else None,
+                               self.trust_remote_code)
+
+
+def evaluate(
+    *,
+    job: PruneJob,
+    dense_dir: Path,
+    detail: ResultsDetail,
+    sparse_dir: Optional[Path] = None,
+    sparse_state: Optional[Mapping[str, torch.Tensor]] = None,
+    tokenizer: Any = None,
+    fetch: Optional[Callable[[str], Path]] = None,
+    progress: Any = None,
+    device: Optional[torch.device] = None,
+    report_dir: Optional[Path] = None,
+) -> ResultsDetail:
+    """Evaluate `sparse_dir` (or `sparse_state`) against `dense_dir`; fill and return `detail`.
+
+    Writes report.md, the two PNGs and results.json into `report_dir` (default: `sparse_dir`).
+    """
+    spec = job.spec
+    if (sparse_dir is None) == (sparse_state is None):
+        raise ValueError("give exactly one of sparse_dir and sparse_state")
+    models = Models(Path(dense_dir), weight_source(sparse_dir if sparse_dir is not None else sparse_state),
+                    spec.model.dtype, torch.device(device) if device else default_device(),
+                    spec.model.trust_remote_code, spec.model.blocks)
+    measure_sparsity(models, detail, spec.pruning.nm)
+    windows = eval_windows(job, models, tokenizer, fetch)
+    perplexity(models, windows, detail, job, progress)
+    generate(models, job, detail)
+    out = report_dir or sparse_dir
+    if out is not None:
+        write_report(detail, Path(out))
+    return detail
+
+
+def _transposed_modules(model: nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if isinstance(m, Conv1D)}
+
+
+def measure_sparsity(models: Models, detail: ResultsDetail, pattern) -> None:
+    """Count zeros in the written weights of the pruned layers (or, if none are listed, every block Linear)."""
+    listed = {layer.name: layer for layer in detail.layers}
+    if listed:
+        by_name = sparsity.named_layers(listed)
+        select = lambda key: by_name(key, None)  # noqa: E731
+    else:
+        select = lambda key: key.endswith(".weight") and sparsity.block_of(key) is not None  # noqa: E731
+    keys = [k for k in source_keys(models.sparse) if select(k)]
+    measured = sparsity.measure_layers(iter_weights(models.sparse, keys), pattern,
+                                       select=lambda k, t: t.dim() == 2, transposed=_transposed_modules(models.skeleton))
+    for layer in measured:
+        if layer.name in listed:
+            layer.group = listed[layer.name].group
+    missing = sorted(set(listed) - {layer.name for layer in measured})
+    if missing:
+        detail.notes.append(f"pruned layers not found in the written weights: {', '.join(missing[:5])}"
+                            + (" ..." if len(missing) > 5 else ""))
+    detail.layers = measured
+    detail.sparsity = sparsity.overall_sparsity(measured)
+
+
+def eval_windows(job: PruneJob, models: Models, tokenizer: Any, fetch) -> list[torch.Tensor]:
+    ppl = job.spec.evaluation.perplexity
+    field = "spec.evaluation.perplexity.uri"
+    source = read_source(ppl.uri, field, fetch)
+    vocab = models.skeleton.get_input_embeddings().num_embeddings
+    return token_windows(source, tokenizer, ppl.samples, ppl.sequence_length, job.spec.calibration.seed, field,
+                         vocab_size=vocab)
+
+
+def perplexity(models: Models, windows: list[torch.Tensor], detail: ResultsDetail, job: PruneJob, progress) -> None:
+    """Dense and sparse perplexity on the same windows with the block-streaming forward."""
+    batches = micro_batches(windows, TOKENS_PER_BATCH)
+    figures = {}
+    for k, variant in enumerate(("dense", "sparse")):
+        handle = models.handle(sparse=variant == "sparse")
+        on_block = _block_counter(progress, k * handle.num_blocks, 2 * handle.num_blocks)
+        figures[variant] = Perplexity(*streamed_nll(handle, batches, on_block))
+        del handle
+    dense, sparse = figures["dense"].value, figures["sparse"].value
+    detail.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse))
+    detail.perplexity_detail = PerplexityDetail(
+        source=job.spec.evaluation.perplexity.uri, windows=len(windows),
+        sequence_length=job.spec.evaluation.perplexity.sequence_length, tokens=figures["dense"].tokens,
+        dense_nll=figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll, method="streamed",
+    )
+
+
+def _block_counter(progress, offset: int, total: int) -> Optional[Callable[[int], None]]:
+    if progress is None:
+        return None
+    start = time.perf_counter()
+    return lambda i: progress.block_done(offset + i + 1, total, time.perf_counter() - start)
+
+
+def environment(device: torch.device, dtype: str, kernel: Optional[str]) -> EvaluationEnvironment:
+    cuda = device.type == "cuda"
+    return EvaluationEnvironment(
+        device=str(device), device_name=torch.cuda.get_device_name(device) if cuda else None, dtype=dtype,
+        torch_version=torch.__version__, threads=torch.get_num_threads(),
+        memory_kind="device" if cuda else "host-rss", sparse_kernel=kernel,
+    )
+
+
+def generate(models: Models, job: PruneJob, detail: ResultsDetail) -> None:
+    """Generation benchmark, dense then sparse (then 2:4 kernels on CUDA); one model in memory at a time."""
+    settings = job.spec.evaluation.generation
+    no_kernel = kernels.kernel_unavailable(models.device, DTYPES[models.dtype], job.spec.pruning.nm)
+    detail.environment = environment(models.device, models.dtype, None if no_kernel else kernels.backend_name())
+    if not settings.enabled:
+        detail.generation = generation_summary([], "generation benchmark disabled (evaluation.generation.enabled)")
+        return
+    skipped = _model_does_not_fit(models, settings)
+    variants = ["dense", "sparse"] + ([] if no_kernel else ["sparse-kernel"])
+    runs: list[GenerationRun] = []
+    for variant in variants:
+        runs += _benchmark_variant(models, variant, settings, skipped, detail)
+    detail.generation_runs = runs
+    note = skipped or _skipped_note(runs)
+    if no_kernel:
+        note = f"{note} {no_kernel}".strip() if note else no_kernel
+        detail.notes.append(no_kernel)
+    detail.generation = generation_summary(runs, note)
+    detail.cost_per_million_tokens = cost_summary(detail.generation, job.spec.evaluation.gpu_hourly_cost)
+
+
+def _model_does_not_fit(models: Models, settings) -> Optional[str]:
+    skeleton = models.skeleton
+    elt = DTYPES[models.dtype].itemsize
+    need = generation.weight_bytes(skeleton) + generation.run_bytes(
+        generation.text_config(skeleton), elt, min(settings.batch_sizes),
+        settings.prompt_tokens + settings.new_tokens, settings.prompt_tokens)
+    return generation.does_not_fit(need, models.device, "the whole model for the generation benchmark")
+
+
+def _skipped_note(runs: list[GenerationRun]) -> Optional[str]:
+    skipped = [f"{r.variant} batch {r.batch_size}: {r.skipped}" for r in runs if r.skipped]
+    return "; ".join(skipped) if skipped else None
+
+
+def _benchmark_variant(models: Models, variant: str, settings, skipped: Optional[str],
+                       detail: ResultsDetail) -> list[GenerationRun]:
+    if skipped is None:
+        model = None
+        try:
+            model = models.load(sparse=variant != "dense")
+            if variant == "sparse-kernel":
+                converted, left = kernels.to_semi_structured(model)
+                detail.notes.append(f"2:4 kernels: {len(converted)} Linear layers converted, {len(left)} left dense")
+            return generation.benchmark(model, settings, variant, models.device)
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            skipped = f"out of memory loading the {variant} model: {str(err).splitlines()[0][:200]}"
+        finally:
+            del model
+            _free(models.device)
+    return [GenerationRun(variant=variant, batch_size=b, prompt_tokens=settings.prompt_tokens,
+                          new_tokens=settings.new_tokens, repeats=settings.repeats, skipped=skipped)
+            for b in settings.batch_sizes]
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+

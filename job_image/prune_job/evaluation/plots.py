@@ -1,0 +1,93 @@
+"""The report's two PNGs, drawn with matplotlib's Agg canvas (no pyplot, no
+global backend switch, no display needed)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from prune_job.evaluation.sparsity import layer_kind
+from prune_job.spec import ResultsDetail
+
+SPARSITY_PNG = "sparsity_by_block.png"
+COMPARISON_PNG = "dense_vs_sparse.png"
+VARIANTS = (("dense", "dense", "#4C72B0"), ("sparse", "sparse", "#DD8452"), ("sparse-kernel", "sparse, 2:4 kernel", "#55A868"))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def sparsity_plot(detail: ResultsDetail, path: Path) -> Path:
+    """Measured sparsity of each layer kind (q_proj, up_proj, ...) against the block index."""
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.add_subplot()
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for layer in detail.layers:
+        if layer.block is not None:
+            series[layer_kind(layer.name)].append((layer.block, layer.sparsity))
+    for kind, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=kind)
+    if not series:
+        _empty(ax, "no pruned layers")
+    else:
+        if detail.target_sparsity is not None:
+            ax.axhline(detail.target_sparsity, color="black", linestyle="--", linewidth=1, label="target")
+        ax.set_xlabel("decoder block")
+        ax.set_ylabel("sparsity (zeros / weights)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        ax.grid(alpha=0.3)
+    ax.set_title(f"Measured sparsity per layer (overall {_fmt(detail.sparsity, '.3f')})")
+    return _save(fig, path)
+
+
+def comparison_plot(detail: ResultsDetail, path: Path) -> Path:
+    """Left: dense vs sparse perplexity. Right: tokens/s per batch size for each variant."""
+    fig = Figure(figsize=(9, 4))
+    ax_ppl, ax_tps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ppl = detail.perplexity
+    if ppl.dense is not None and ppl.sparse is not None:
+        bars = ax_ppl.bar(["dense", "sparse"], [ppl.dense, ppl.sparse], color=[VARIANTS[0][2], VARIANTS[1][2]])
+        ax_ppl.bar_label(bars, fmt="%.2f")
+        ax_ppl.set_ylabel("perplexity (lower is better)")
+        ax_ppl.set_title(f"Perplexity ({_fmt(ppl.increase_percent, '+.1f')}%)")
+    else:
+        _empty(ax_ppl, "perplexity not measured")
+    _throughput_bars(ax_tps, detail)
+    return _save(fig, path)
+
+
+def _throughput_bars(ax, detail: ResultsDetail) -> None:
+    batches = sorted({r.batch_size for r in detail.generation_runs})
+    measured = [r for r in detail.generation_runs if r.figures and r.figures.tokens_per_second]
+    if not measured:
+        _empty(ax, "generation not measured")
+        return
+    width = 0.8 / len(VARIANTS)
+    for k, (variant, label, color) in enumerate(VARIANTS):
+        values = {r.batch_size: r.figures.tokens_per_second for r in measured if r.variant == variant}
+        if values:
+            xs = [i + (k - 1) * width for i, b in enumerate(batches) if b in values]
+            ax.bar(xs, [values[b] for b in batches if b in values], width, label=label, color=color)
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title("Generation throughput")
+    ax.legend(fontsize=8)
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)

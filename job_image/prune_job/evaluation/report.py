@@ -1,0 +1,145 @@
+"""What people read: `report.md` (with the two plots) beside the checkpoint,
+and the small text table `prune-job run` prints at the end."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from prune_job.evaluation.plots import COMPARISON_PNG, SPARSITY_PNG, comparison_plot, sparsity_plot
+from prune_job.evaluation.sparsity import layer_kind
+from prune_job.spec import GenerationFigures, GenerationRun, Results, ResultsDetail
+
+REPORT_MD = "report.md"
+RESULTS_JSON = "results.json"
+
+
+def _num(value: Optional[float], spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _bytes(value: Optional[int]) -> str:
+    if not value:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def _change(dense: Optional[float], sparse: Optional[float]) -> str:
+    if dense is None or sparse is None or dense == 0:
+        return ""
+    return f"{100.0 * (sparse - dense) / dense:+.1f}%"
+
+
+def _figure_rows(gen) -> list[tuple[str, Optional[float], Optional[float], Optional[float], str]]:
+    kernel = gen.sparse_kernel or GenerationFigures()
+    return [
+        (f"tokens/s (batch {gen.batch_size})", gen.dense.tokens_per_second, gen.sparse.tokens_per_second,
+         kernel.tokens_per_second, ".1f"),
+        ("time to first token ms", gen.dense.time_to_first_token_ms, gen.sparse.time_to_first_token_ms,
+         kernel.time_to_first_token_ms, ".1f"),
+        ("inter-token latency ms", gen.dense.inter_token_latency_ms, gen.sparse.inter_token_latency_ms,
+         kernel.inter_token_latency_ms, ".2f"),
+    ]
+
+
+def summary_rows(results: Results) -> list[list[str]]:
+    """[label, dense, sparse, change, 2:4 kernel] rows shared by the text table and report.md."""
+    ppl, gen, cost = results.perplexity, results.generation, results.cost_per_million_tokens
+    rows = [["perplexity", _num(ppl.dense), _num(ppl.sparse), _change(ppl.dense, ppl.sparse), ""]]
+    if gen.batch_size is not None:
+        for label, d, s, k, spec in _figure_rows(gen):
+            rows.append([label, _num(d, spec), _num(s, spec), _change(d, s), _num(k, spec) if gen.sparse_kernel else ""])
+        rows.append(["peak memory", _bytes(gen.dense.peak_memory_bytes), _bytes(gen.sparse.peak_memory_bytes), "",
+                     _bytes(gen.sparse_kernel.peak_memory_bytes) if gen.sparse_kernel else ""])
+    if cost.dense is not None or cost.sparse is not None:
+        rows.append(["USD / million tokens", _num(cost.dense, ".3f"), _num(cost.sparse, ".3f"),
+                     _change(cost.dense, cost.sparse), _num(cost.sparse_kernel, ".3f") if gen.sparse_kernel else ""])
+    return rows
+
+
+def _trailer(results: Results) -> list[str]:
+    art = results.artifact
+    lines = [f"sparsity (measured): {_num(results.sparsity, '.4f')}"]
+    if art.bytes:
+        ratio = f" ({art.bytes / art.dense_bytes:.2f}x)" if art.dense_bytes else ""
+        lines.append(f"checkpoint: {_bytes(art.bytes)} of {_bytes(art.dense_bytes)} dense{ratio}")
+    sec = results.seconds
+    lines.append(f"seconds: prune {sec.prune:.1f}, evaluate {sec.evaluate:.1f}, total {sec.total:.1f}")
+    if results.generation.note:
+        lines.append(f"note: {results.generation.note}")
+    return lines
+
+
+def summary_table(results: Results) -> str:
+    """The summary as a small fixed-width table (what `prune-job run` prints last)."""
+    rows = summary_rows(results)
+    kernel = results.generation.sparse_kernel is not None
+    header = ["", "dense", "sparse", "change"] + (["2:4 kernel"] if kernel else [])
+    rows = [header] + [r if kernel else r[:4] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    return "\n".join(lines + _trailer(results))
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _run_row(run: GenerationRun) -> list[str]:
+    f = run.figures
+    if f is None:
+        return [run.variant, str(run.batch_size), "–", "–", "–", "–", run.skipped or "not run"]
+    return [run.variant, str(run.batch_size), _num(f.tokens_per_second, ".1f"), _num(f.time_to_first_token_ms, ".1f"),
+            _num(f.inter_token_latency_ms, ".2f"), _bytes(f.peak_memory_bytes), ""]
+
+
+def _layers_by_block(detail: ResultsDetail) -> list[str]:
+    cells: dict[int, dict[str, float]] = defaultdict(dict)
+    for layer in detail.layers:
+        if layer.block is not None:
+            cells[layer.block][layer_kind(layer.name)] = layer.sparsity
+    kinds = sorted({k for row in cells.values() for k in row})
+    rows = [[str(b)] + [_num(cells[b].get(k), ".3f") for k in kinds] for b in sorted(cells)]
+    return _md_table(["block"] + kinds, rows) if rows else ["(no pruned layers)"]
+
+
+def render_markdown(detail: ResultsDetail) -> str:
+    kernel = detail.generation.sparse_kernel is not None
+    lines = [f"# Pruning report: {detail.method or ''} {detail.pattern or ''}".rstrip(), ""]
+    lines += _md_table(["", "dense", "sparse", "change"] + (["2:4 kernel"] if kernel else []),
+                       [r if kernel else r[:4] for r in summary_rows(detail)])
+    lines += [""] + [f"- {t}" for t in _trailer(detail)] + ["", f"![dense vs sparse]({COMPARISON_PNG})", ""]
+    if detail.perplexity_detail:
+        p = detail.perplexity_detail
+        lines += ["## Perplexity", "", f"{p.windows} windows of {p.sequence_length} tokens from `{p.source}` "
+                  f"({p.tokens} predicted tokens per model, {p.method} forward, same windows for both).", ""]
+    lines += ["## Generation", ""]
+    env = detail.environment
+    if env:
+        lines += [f"Device {env.device}{f' ({env.device_name})' if env.device_name else ''}, {env.dtype}, "
+                  f"torch {env.torch_version}, {env.threads} threads; peak memory is "
+                  f"{'device memory' if env.memory_kind == 'device' else 'process RSS'}; "
+                  f"sparse kernel: {env.sparse_kernel or 'none'}. Greedy decoding with the KV cache, one warm-up "
+                  "run excluded, median of the timed runs.", ""]
+    lines += _md_table(["variant", "batch", "tokens/s", "TTFT ms", "ITL ms", "peak memory", "skipped"],
+                       [_run_row(r) for r in detail.generation_runs]) if detail.generation_runs else ["(not run)"]
+    lines += ["", "## Sparsity per layer", "", f"![sparsity by block]({SPARSITY_PNG})", ""] + _layers_by_block(detail)
+    if detail.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in detail.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(detail: ResultsDetail, directory: Path) -> list[Path]:
+    """results.json, report.md and the two PNGs into `directory`; returns the paths written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [sparsity_plot(detail, directory / SPARSITY_PNG), comparison_plot(detail, directory / COMPARISON_PNG)]
+    (directory / REPORT_MD).write_text(render_markdown(detail))
+    (directory / RESULTS_JSON).write_text(detail.model_dump_json(by_alias=True, indent=2))
+    return paths + [directory / REPORT_MD, directory / RESULTS_JSON]

@@ -1,0 +1,64 @@
+"""evaluate(): the entry point the orchestrator calls after the checkpoint is written."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ids_file, make_job
+from prune_job.evaluation import evaluate
+from prune_job.evaluation import generation
+from prune_job.spec import LayerSparsity, ResultsDetail
+
+
+def test_evaluate_dense_format_folder(tiny_dense, tiny_sparse, tmp_path):
+    job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 32), tmp_path / "out")
+    report_dir = tmp_path / "report"
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_dir=tiny_sparse, detail=ResultsDetail(),
+                      report_dir=report_dir)
+    assert detail.sparsity == 0.5 and len(detail.layers) == 14
+    assert all(layer.pattern_ok and layer.zeros * 2 == layer.numel for layer in detail.layers)
+    ppl = detail.perplexity
+    assert ppl.dense > 1 and ppl.sparse > 1 and ppl.dense != ppl.sparse
+    assert detail.perplexity_detail.tokens == 4 * 31 and detail.perplexity_detail.method == "streamed"
+    assert {(r.variant, r.batch_size) for r in detail.generation_runs} == {
+        ("dense", 1), ("dense", 2), ("sparse", 1), ("sparse", 2)}
+    gen = detail.generation
+    assert gen.batch_size == 2 and gen.sparse_kernel is None and "no sparse kernel" in gen.note
+    assert all(math.isfinite(v) and v > 0 for v in (gen.dense.tokens_per_second, gen.sparse.tokens_per_second))
+    assert detail.cost_per_million_tokens.dense > 0 and detail.cost_per_million_tokens.sparse > 0
+    assert detail.environment.memory_kind == "host-rss"
+    assert {p.name for p in report_dir.iterdir()} >= {"report.md", "results.json", "sparsity_by_block.png"}
+
+
+def test_evaluate_in_memory_state_and_listed_layers(tiny_dense, tiny_sparse, tmp_path):
+    """A state dict instead of a folder; the orchestrator's layer list decides what is counted."""
+    state = load_file(next(tiny_sparse.glob("*.safetensors")))
+    state = {k: v for k, v in state.items() if k != "lm_head.weight"}  # tied: stored once
+    listed = [LayerSparsity(name="model.layers.1.mlp.up_proj", block=1, sparsity=0.5, group=["x"])]
+    job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out", generation={"enabled": False})
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_state=state, detail=ResultsDetail(layers=listed),
+                      report_dir=tmp_path / "r")
+    assert [layer.name for layer in detail.layers] == ["model.layers.1.mlp.up_proj"]
+    assert detail.layers[0].group == ["x"] and detail.layers[0].zeros * 2 == detail.layers[0].numel
+    assert detail.generation_runs == [] and "disabled" in detail.generation.note
+    assert detail.perplexity.sparse > 1
+
+
+def test_model_too_large_for_generation_still_reports_perplexity(tiny_dense, tiny_sparse, tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "available_bytes", lambda device: 10_000)
+    job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out")
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_dir=tiny_sparse, detail=ResultsDetail(),
+                      report_dir=tmp_path / "r")
+    assert detail.perplexity.dense is not None and detail.perplexity.sparse is not None
+    assert detail.generation.note.startswith("does not fit: the whole model")
+    assert all(r.figures is None for r in detail.generation_runs)
+    assert detail.cost_per_million_tokens.dense is None
+
+
+def test_needs_exactly_one_sparse_source(tiny_dense, tmp_path):
+    job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out")
+    with pytest.raises(ValueError):
+        evaluate(job=job, dense_dir=tiny_dense, detail=ResultsDetail())
