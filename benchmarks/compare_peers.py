@@ -186,14 +186,14 @@ def run_ours(a, model_dir: Path, calib: Path, work: Path, method: str, pattern: 
 
 
 def _ours_prune_seconds(results: dict, wall: float) -> float:
-    """seconds.prune of results.json (load + prune + write); the command's wall time if absent."""
-    seconds = results.get("seconds") or results.get("results", {}).get("seconds") or {}
-    return float(seconds.get("prune") or seconds.get("total") or wall)
+    """Load + prune + write: results.json's seconds.total (evaluation is off), which like the peers'
+    figure starts before the model is opened; seconds.prune alone starts after. Wall time if absent."""
+    seconds = results.get("seconds") or {}
+    return float(seconds.get("total") or wall)
 
 
 def _ours_peak(results: dict) -> int | None:
-    memory = results.get("memory") or results.get("results", {}).get("memory") or {}
-    return memory.get("peakHostBytes") or memory.get("peak_host_bytes")
+    return (results.get("memory") or {}).get("peakHostBytes")
 
 
 def run_peer(a, tool: str, model_dir: Path, calib: Path, work: Path, method: str, pattern: str) -> dict:
