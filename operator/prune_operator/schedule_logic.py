@@ -32,6 +32,16 @@ from croniter import croniter
 from prune_job.schedule_spec import ActiveRef, PruneScheduleSpec, PruneScheduleStatus
 from prune_job.spec import API_VERSION, Condition
 
+# What the schedule controller does through the API (schedules.py): Kopf watches and
+# patches PruneSchedules, the controller writes their status, lists, creates and deletes
+# the PruneJobs they own (owner references with blockOwnerDeletion need finalizers/update).
+RBAC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["pruning.dev"], "resources": ["prunejobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
 SCHEDULE_LABEL = "pruning.dev/schedule"
 SCHEDULED_AT_ANNOTATION = "pruning.dev/scheduled-at"
 TOO_MANY_MISSED = 100
