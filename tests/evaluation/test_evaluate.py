@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ids_file, make_job
+from eval_fixtures import ids_file, make_job
 from prune_job.evaluation import evaluate
 from prune_job.evaluation import generation
 from prune_job.spec import LayerSparsity, ResultsDetail
