@@ -323,3 +323,58 @@ def prunejob_for_run(schedule: dict[str, Any], run: Run) -> dict[str, Any]:
         },
         "spec": template["spec"],
     }
+
+
+# ---------------------------------------------------------------- status and events as documents
+
+
+def status_document(status: PruneScheduleStatus) -> dict[str, Any]:
+    """The status as stored in the object (camelCase, no nulls)."""
+    return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `current` to `desired` (null deletes a field; lists are replaced)."""
+    return {**{key: None for key in current if key not in desired}, **desired}
+
+
+def refused_status(status: PruneScheduleStatus, problems: list[tuple[str, str]], now: datetime,
+                   generation: Optional[int] = None) -> PruneScheduleStatus:
+    """Accepted=False naming every bad field; no next run."""
+    refused = status.model_copy(deep=True)
+    message = "; ".join(f"{path}: {reason}" for path, reason in problems)
+    refused.conditions = set_condition(status.conditions, "Accepted", "False", "InvalidSpec", message, now, generation)
+    refused.observed_generation = generation
+    refused.next_schedule_time = None
+    return refused
+
+
+def first_seen(status: PruneScheduleStatus, now: datetime) -> datetime:
+    """Where the API server gives no creationTimestamp: since the schedule was accepted."""
+    for c in status.conditions:
+        if c.type == "Accepted" and c.status == "True" and c.last_transition_time:
+            return parse_time(c.last_transition_time) or now
+    return now
+
+
+def event_manifest(schedule: dict[str, Any], event: Event, now: datetime, component: str) -> dict[str, Any]:
+    """A core/v1 Event about the schedule."""
+    meta = schedule["metadata"]
+    stamp = format_time(now)
+    involved = {"apiVersion": API_VERSION, "kind": "PruneSchedule", "name": meta["name"], "namespace": meta["namespace"]}
+    if meta.get("uid"):
+        involved["uid"] = meta["uid"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": involved,
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

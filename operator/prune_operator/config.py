@@ -1,0 +1,29 @@
+"""The operator's own settings: one typed object, built once from the command
+line and environment in main.py and handed to handlers through Kopf's memo."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+DEFAULT_JOB_IMAGE = "ghcr.io/prune-operator/prune-job:0.1.0"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    job_image: str = DEFAULT_JOB_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    # In-pod paths of the worker (the Job's command line; see CONTEXT/DESIGN "Worker command line").
+    spec_dir: str = "/etc/prune-job"
+    scratch_dir: str = "/scratch"
+    run_as_user: int = 1000
+    scratch_size_limit: Optional[str] = None  # emptyDir sizeLimit, e.g. "200Gi"
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. proxies; never secrets
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "OperatorConfig":
+        return cls(
+            job_image=environ.get("PRUNE_OPERATOR_JOB_IMAGE", DEFAULT_JOB_IMAGE),
+            image_pull_policy=environ.get("PRUNE_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent"),
+            scratch_size_limit=environ.get("PRUNE_OPERATOR_SCRATCH_SIZE_LIMIT") or None,
+        )

@@ -1,0 +1,50 @@
+"""Every permission the controller needs, in one list: the Helm chart's
+ClusterRole must grant exactly these (its tests compare against RULES).
+
+Why each is here:
+- prunejobs: watch (Kopf), patch (Kopf's progress annotations);
+  prunejobs/status: the controller writes phase/conditions. Holding get+patch
+  on prunejobs/status is also what lets it grant them to the worker's Role
+  (RBAC forbids granting what one does not hold).
+- prunejobs/finalizers: update, needed to set blockOwnerDeletion on children.
+- serviceaccounts, roles, rolebindings, configmaps: the worker's identity and
+  spec, created per PruneJob.
+- jobs: create, watch, and patch (runPolicy.suspend).
+- pods: read a failed pod's termination reason (e.g. OOMKilled).
+- events: Kopf and the controller post Events.
+- namespaces, customresourcedefinitions: Kopf's discovery and namespace watch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prune_job import spec as api
+
+RULES: list[dict[str, Any]] = [
+    {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts", "configmaps"], "verbs": ["get", "create"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+]
+
+
+def allows(rules: list[dict[str, Any]], verb: str, group: str, resource: str, name: str | None = None) -> bool:
+    """Whether RBAC `rules` allow `verb` on `group`/`resource` (e.g. "prunejobs/status"), for object `name`."""
+    for rule in rules:
+        if group not in rule.get("apiGroups", []) and "*" not in rule.get("apiGroups", []):
+            continue
+        if resource not in rule.get("resources", []) and "*" not in rule.get("resources", []):
+            continue
+        if verb not in rule.get("verbs", []) and "*" not in rule.get("verbs", []):
+            continue
+        names = rule.get("resourceNames")
+        if names and name not in names:
+            continue
+        return True
+    return False

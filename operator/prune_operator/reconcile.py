@@ -1,0 +1,200 @@
+"""Level-based status of a PruneJob, computed from what exists now.
+
+`desired_status(prunejob, job, pods, now)` is pure: it looks at the PruneJob
+(spec, generation, current status), its Job (or None) and, for a failed Job,
+its pods, and returns the controller-owned status fields plus the Events to
+post for a transition. It never returns `progress` or `results`: those are
+the worker's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from prune_job import spec as api
+from prune_operator import builders
+
+CONTROLLER_FIELDS = ("phase", "observedGeneration", "conditions", "jobName", "startTime", "completionTime")
+CONDITION_TYPES = ("Accepted", "Running", "Succeeded", "Failed")
+TERMINAL = ("Succeeded", "Failed")
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    phase: str
+    conditions: dict[str, tuple[str, str, str]]  # type -> (status, reason, message)
+    job_name: Optional[str] = None
+    start_time: Optional[str] = None
+    completion_time: Optional[str] = None
+
+
+def spec_problems(raw_spec: Any) -> list[tuple[str, str]]:
+    try:
+        api.parse_spec(raw_spec or {})
+    except api.SpecError as err:
+        return err.problems
+    return []
+
+
+def describe_problems(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{path}: {reason}" for path, reason in problems)[:MAX_MESSAGE]
+
+
+# ---------------------------------------------------------------- Job -> outcome
+
+
+def _job_condition(job: dict[str, Any], kind: str) -> Optional[dict[str, Any]]:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def termination_details(pods: list[dict[str, Any]], memory: str) -> str:
+    """What the failed container(s) said: reason, exit code, termination message, advice."""
+    notes = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+            if not state or state.get("exitCode", 0) == 0:
+                continue
+            note = f"pod {pod['metadata']['name']}: {state.get('reason', 'Error')} (exit code {state.get('exitCode')})"
+            if state.get("message"):
+                note += f": {state['message'].strip()[-600:]}"
+            if state.get("reason") == "OOMKilled":
+                note += (
+                    f". Advice: the worker exceeded its memory limit ({memory}); raise spec.resources.memory, "
+                    "or lower spec.calibration.samples / spec.calibration.sequenceLength"
+                )
+            notes.append(note)
+    return " | ".join(dict.fromkeys(notes))
+
+
+def job_outcome(spec: api.PruneJobSpec, job: Optional[dict[str, Any]], pods: list[dict[str, Any]]) -> Outcome:
+    accepted = ("True", "Valid", "the spec is valid")
+    if job is None:
+        return Outcome("Pending", {"Accepted": accepted, "Running": ("False", "Creating", "creating the Job")})
+    name = job["metadata"]["name"]
+    status = job.get("status") or {}
+    start = status.get("startTime")
+    if (done := _job_condition(job, "Complete")) is not None:
+        end = status.get("completionTime") or done.get("lastTransitionTime")
+        return Outcome("Succeeded", {
+            "Accepted": accepted,
+            "Running": ("False", "Completed", f"Job {name} completed"),
+            "Succeeded": ("True", "Completed", f"Job {name} completed; results are in status.results"),
+            "Failed": ("False", "Completed", ""),
+        }, name, start, end)
+    if (failed := _job_condition(job, "Failed")) is not None:
+        reason = failed.get("reason") or "JobFailed"
+        message = f"Job {name} failed: {failed.get('message') or reason}"
+        if reason == "DeadlineExceeded":
+            message += ". Advice: raise spec.runPolicy.activeDeadlineSeconds"
+        details = termination_details(pods, spec.resources.memory)
+        if details:
+            message += f". {details}"
+        return Outcome("Failed", {
+            "Accepted": accepted,
+            "Running": ("False", reason, f"Job {name} failed"),
+            "Succeeded": ("False", reason, ""),
+            "Failed": ("True", reason, message[:MAX_MESSAGE]),
+        }, name, start, failed.get("lastTransitionTime"))
+    if (job.get("spec") or {}).get("suspend"):
+        queue = spec.run_policy.queue_name
+        if spec.run_policy.suspend or not queue:
+            running = ("False", "Suspended", f"Job {name} is suspended (spec.runPolicy.suspend)")
+            return Outcome("Suspended", {"Accepted": accepted, "Running": running}, name, start)
+        running = ("False", "Queued", f"Job {name} waits for admission by Kueue queue {queue!r}")
+        return Outcome("Pending", {"Accepted": accepted, "Running": running}, name, start)
+    if status.get("active") or status.get("ready"):
+        running = ("True", "JobRunning", f"Job {name} has {status.get('active', 0)} active pod(s)")
+        return Outcome("Running", {"Accepted": accepted, "Running": running}, name, start)
+    running = ("False", "PodPending", f"Job {name} was created; its pod is not running yet")
+    return Outcome("Pending", {"Accepted": accepted, "Running": running}, name, start)
+
+
+def invalid_outcome(problems: list[tuple[str, str]]) -> Outcome:
+    message = describe_problems(problems)
+    return Outcome("Failed", {
+        "Accepted": ("False", "InvalidSpec", message),
+        "Failed": ("True", "InvalidSpec", f"nothing was run: {message}"),
+    })
+
+
+# ---------------------------------------------------------------- outcome -> status
+
+
+def conditions_list(outcome: Outcome, previous: list[dict[str, Any]], generation: Optional[int], now: str) -> list[dict]:
+    """metav1.Conditions; a condition keeps its lastTransitionTime while its status stays."""
+    before = {c.get("type"): c for c in previous or []}
+    result = []
+    for kind in CONDITION_TYPES:
+        if kind not in outcome.conditions:
+            continue
+        status, reason, message = outcome.conditions[kind]
+        old = before.get(kind) or {}
+        since = old.get("lastTransitionTime") if old.get("status") == status else None
+        condition = {"type": kind, "status": status, "reason": reason, "message": message,
+                     "lastTransitionTime": since or now}
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        result.append(condition)
+    return result
+
+
+def transition_events(old_phase: Optional[str], outcome: Outcome) -> list[Event]:
+    if old_phase == outcome.phase:
+        return []
+    phase = outcome.phase
+    if phase == "Failed":
+        status, reason, message = outcome.conditions["Failed"]
+        return [Event("Warning", reason, message)]
+    running = outcome.conditions.get("Running", ("", "", ""))
+    if phase == "Succeeded":
+        return [Event("Normal", "Succeeded", outcome.conditions["Succeeded"][2])]
+    if phase == "Pending" and old_phase is None:
+        return [Event("Normal", "Accepted", "the spec is valid; " + running[2])]
+    return [Event("Normal", phase, running[2])]
+
+
+def desired_status(
+    prunejob: dict[str, Any], job: Optional[dict[str, Any]], pods: list[dict[str, Any]], now: str
+) -> tuple[dict[str, Any], list[Event]]:
+    """(the controller-owned status fields, Events to post) for this PruneJob."""
+    meta = prunejob.get("metadata") or {}
+    current = prunejob.get("status") or {}
+    if current.get("phase") in TERMINAL and job is None:
+        return {k: current[k] for k in CONTROLLER_FIELDS if k in current}, []  # finished; its Job may be gone (TTL)
+    problems = spec_problems(prunejob.get("spec"))
+    if problems:
+        outcome = invalid_outcome(problems)
+    else:
+        outcome = job_outcome(api.parse_spec(prunejob["spec"]), job, pods)
+    generation = meta.get("generation")
+    status = {
+        "phase": outcome.phase,
+        "observedGeneration": generation,
+        "conditions": conditions_list(outcome, current.get("conditions") or [], generation, now),
+        "jobName": outcome.job_name,
+        "startTime": current.get("startTime") or outcome.start_time,
+        "completionTime": current.get("completionTime") or outcome.completion_time,
+    }
+    status = {k: v for k, v in status.items() if v is not None}
+    return status, transition_events(current.get("phase"), outcome)
+
+
+def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch of `status` that turns current into desired (controller fields only)."""
+    return {key: value for key, value in desired.items() if current.get(key) != value}
+
+
+def job_selector(prunejob_name: str) -> str:
+    return f"{builders.LABEL_PRUNEJOB}={builders.child_name(prunejob_name)}"
