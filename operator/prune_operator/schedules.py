@@ -198,7 +198,7 @@ class Clock:
 
 def start_clock(memo: Any, logger: Any, **_: Any) -> None:
     _known(memo)
-    memo.schedule_clock = Clock(memo, logger, getattr(memo, "schedule_tick", TICK_SECONDS))
+    memo.schedule_clock = Clock(memo, logger, TICK_SECONDS)
     memo.schedule_clock.thread.start()
 
 
