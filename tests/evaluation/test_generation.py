@@ -62,3 +62,23 @@ def test_kv_cache_estimate_matches_the_formula(tiny_dense):
 def test_cost_per_million_tokens():
     assert cost_per_million(3.6, 1000.0) == 1.0  # 3.6 USD/h = 0.001 USD/s; 1000 tok/s → 1 USD per 1e6 tokens
     assert cost_per_million(None, 1000.0) is None and cost_per_million(3.6, None) is None
+
+
+def test_cgroup_limit_caps_available_host_memory(tmp_path, monkeypatch):
+    from prune_job.evaluation import memory
+
+    (tmp_path / "max").write_text("1000000\n")
+    (tmp_path / "cur").write_text("400000\n")
+    monkeypatch.setattr(memory, "CGROUP_FILES", ((tmp_path / "max", tmp_path / "cur"),))
+    assert memory.available_bytes(torch.device("cpu")) == 600000
+    (tmp_path / "max").write_text("max\n")
+    assert memory.available_bytes(torch.device("cpu")) > 600000
+
+
+def test_peak_rss_is_measured_on_cpu():
+    from prune_job.evaluation.memory import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB touched
+        del block
+    assert peak.bytes > 64 << 20 and peak.method in ("VmHWM", "rss-sampling")

@@ -86,10 +86,30 @@ class PeakMemory:
             self.bytes = _read_hwm() or 0
 
 
+CGROUP_FILES = (  # (limit, usage): cgroup v2, then v1
+    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+    (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")),
+)
+
+
+def cgroup_headroom() -> Optional[int]:
+    """limit - usage of this container's memory cgroup (a pod's memory limit), if it has one."""
+    for limit_file, usage_file in CGROUP_FILES:
+        try:
+            limit, usage = limit_file.read_text().strip(), int(usage_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge v1 number: no limit
+            return max(0, int(limit) - usage)
+    return None
+
+
 def available_bytes(device: torch.device) -> int:
-    """Memory a new allocation may still use on this device."""
+    """Memory a new allocation may still use on this device (host: the pod's limit counts too)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free
-    return psutil.virtual_memory().available
+    host = psutil.virtual_memory().available
+    headroom = cgroup_headroom()
+    return host if headroom is None else min(host, headroom)
