@@ -109,7 +109,7 @@ def capture_block_inputs(handle: ModelHandle, batches: list[torch.Tensor]) -> li
 
     hook = handle.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with outer_modules_loaded_on_use(handle), torch.inference_mode():
+        with outer_modules_loaded_on_use(handle), torch.no_grad():
             for ids in batches:
                 with contextlib.suppress(StopForward):
                     handle.model(input_ids=ids.to(handle.device), use_cache=False)
@@ -134,7 +134,7 @@ def _detach(obj: Any) -> Any:
 
 def run_block(block: nn.Module, inputs: list[MicroBatch], device: torch.device) -> list[torch.Tensor]:
     """The block's outputs for every micro-batch, kept on the host."""
-    with torch.inference_mode():
+    with torch.no_grad():
         return [mb.call(block, device).to("cpu") for mb in inputs]
 
 
@@ -172,7 +172,7 @@ def blocks_short_circuited(handle: ModelHandle, final_hidden: Callable[[], torch
 def tail_logits(handle: ModelHandle, batch_ids: torch.Tensor, final_hidden: torch.Tensor) -> torch.Tensor:
     """The model's logits for `batch_ids`, given the last block's output."""
     with blocks_short_circuited(handle, lambda: final_hidden), outer_modules_loaded_on_use(handle):
-        with torch.inference_mode():
+        with torch.no_grad():
             return handle.model(input_ids=batch_ids.to(handle.device), use_cache=False).logits
 
 

@@ -89,7 +89,7 @@ class GroupCollector:
                 h.remove()
 
     def run(self, block: nn.Module, inputs: list[MicroBatch], device: torch.device) -> list[Group]:
-        with self.hooked(), torch.inference_mode():
+        with self.hooked(), torch.no_grad():
             for mb in inputs:
                 with contextlib.suppress(StopForward):
                     mb.call(block, device)
