@@ -1,0 +1,79 @@
+"""manifest.json: written last, it lists every file of the checkpoint with its
+size and sha256; a folder without it is an incomplete checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+HASH_CHUNK = 8 << 20
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is incomplete, corrupt or of an unknown format (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    sha256: str
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(directory: Path, name: str) -> FileEntry:
+    path = directory / name
+    return FileEntry(name, path.stat().st_size, sha256_file(path))
+
+
+def write_manifest(directory: Path, fields: dict[str, Any], files: list[FileEntry]) -> Path:
+    doc = dict(fields)
+    doc["files"] = [asdict(f) for f in files]
+    path = directory / MANIFEST
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {MANIFEST}; the checkpoint is incomplete (the manifest is written last)")
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+        raise CheckpointError(f"{path}: has no list of files")
+    version = doc.get("formatVersion", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {version} is newer than this reader ({FORMAT_VERSION})")
+    return doc
+
+
+def manifest_entries(doc: dict[str, Any]) -> dict[str, FileEntry]:
+    return {f["name"]: FileEntry(f["name"], int(f["size"]), f["sha256"]) for f in doc["files"]}
+
+
+def verify_file(directory: Path, entry: FileEntry) -> None:
+    """Raise CheckpointError naming the file unless it exists with the manifest's size and sha256."""
+    path = Path(directory) / entry.name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: listed in {MANIFEST} but missing")
+    size = path.stat().st_size
+    if size != entry.size:
+        raise CheckpointError(f"{path}: size {size} does not match {MANIFEST} ({entry.size}); the file is corrupt")
+    if sha256_file(path) != entry.sha256:
+        raise CheckpointError(f"{path}: sha256 does not match {MANIFEST}; the file is corrupt")

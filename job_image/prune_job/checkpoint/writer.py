@@ -1,0 +1,211 @@
+"""CheckpointWriter: tensors in, a checkpoint folder out, one tensor in memory at a time.
+
+    w = CheckpointWriter(directory, format="compressed"|"dense", max_shard_bytes=..., on_file_written=fn)
+    w.add(name, tensor, pattern=None, pruned=False)
+    w.add_file("config.json", path_or_bytes)
+    summary = w.finish(manifest_fields)
+
+Shards are written as `model-0000N.safetensors` while tensors arrive and
+renamed `model-0000N-of-0000M.safetensors` by `finish`, which then writes the
+index and, last, `manifest.json`. `on_file_written(path)` is called for every
+finished file: each shard as it closes (so an upload can start while later
+blocks are still being pruned), again under its final name after the rename,
+then every other file, the manifest last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from prune_job.checkpoint.encoding import Encoded, encode
+from prune_job.checkpoint.manifest import FORMAT_VERSION, MANIFEST, CheckpointError, FileEntry, file_entry, write_manifest
+from prune_job.checkpoint.shards import ShardFile
+from prune_job.spec import Pattern
+
+log = logging.getLogger(__name__)
+FORMATS = ("compressed", "dense")
+DENSE_INDEX = "model.safetensors.index.json"
+COMPRESSED_INDEX = "model.compressed.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
+OnFileWritten = Callable[[Path], Any]
+
+
+@dataclass
+class WriteSummary:
+    """What `finish` wrote. `bytes`: every file of the checkpoint, manifest included;
+    `dense_bytes`: the same checkpoint with every tensor stored dense."""
+
+    directory: Path
+    format: str
+    files: list[FileEntry]
+    manifest: Path
+    bytes: int
+    tensor_bytes: int
+    dense_tensor_bytes: int
+    dense_bytes: int
+    encodings: dict[str, int] = field(default_factory=dict)
+
+
+class CheckpointWriter:
+    def __init__(self, directory: Union[str, Path], format: str = "compressed",
+                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, on_file_written: Optional[OnFileWritten] = None):
+        if format not in FORMATS:
+            raise ValueError(f"checkpoint format must be one of {FORMATS}, not {format!r}")
+        if max_shard_bytes <= 0:
+            raise ValueError("max_shard_bytes must be positive")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / MANIFEST).unlink(missing_ok=True)  # incomplete until finish() writes it again
+        self.format = format
+        self.max_shard_bytes = max_shard_bytes
+        self.on_file_written = on_file_written
+        self._shard: Optional[ShardFile] = None
+        self._closed: list[Path] = []  # provisional shard paths, in order
+        self._weight_map: dict[str, int] = {}  # stored tensor name -> shard number (1-based)
+        self._tensors: dict[str, dict[str, Any]] = {}  # original name -> encoding info (compressed)
+        self._files: list[str] = []  # add_file names
+        self.tensor_bytes = 0
+        self.dense_tensor_bytes = 0
+        self.encodings: dict[str, int] = {}
+        self._finished = False
+
+    # -- tensors ---------------------------------------------------------------------------------
+    def add(self, name: str, tensor: torch.Tensor, pattern: Optional[Pattern] = None, pruned: bool = False) -> None:
+        """Store one tensor under its state-dict key; its bytes are on disk when this returns."""
+        self._check_open()
+        if name in self._tensors or name in self._weight_map:
+            raise ValueError(f"tensor {name!r} was already added")
+        if self.format == "dense":
+            enc = Encoded({name: tensor}, {"encoding": "dense"})
+        else:
+            enc = encode(name, tensor, pattern if pruned else None, pruned)
+            self._tensors[name] = enc.info
+        size = sum(t.numel() * t.element_size() for t in enc.parts.values())
+        shard = self._shard_for(size)
+        for part_name, part in enc.parts.items():
+            shard.add(part_name, part)
+            self._weight_map[part_name] = len(self._closed) + 1
+        self.tensor_bytes += size
+        self.dense_tensor_bytes += tensor.numel() * tensor.element_size()
+        kind = enc.info["encoding"]
+        self.encodings[kind] = self.encodings.get(kind, 0) + 1
+
+    def _shard_for(self, size: int) -> ShardFile:
+        if self._shard is not None and self._shard.entries and self._shard.nbytes + size > self.max_shard_bytes:
+            self._close_shard()
+        if self._shard is None:
+            self._shard = ShardFile(self.directory / f"model-{len(self._closed) + 1:05d}.safetensors")
+        return self._shard
+
+    def _close_shard(self) -> None:
+        meta = {"format": "pt"} if self.format == "dense" else {"prune_job.format": "compressed",
+                                                                 "prune_job.format_version": str(FORMAT_VERSION)}
+        path = self._shard.close(meta)
+        self._shard = None
+        self._closed.append(path)
+        self._notify(path)
+
+    # -- other files -----------------------------------------------------------------------------
+    def add_file(self, relative_name: str, content: Union[str, Path, bytes]) -> None:
+        """Copy a file (or write bytes) into the checkpoint, e.g. config.json or tokenizer files."""
+        self._check_open()
+        rel = Path(relative_name)
+        if rel.is_absolute() or ".." in rel.parts or rel.name in (MANIFEST, DENSE_INDEX, COMPRESSED_INDEX):
+            raise ValueError(f"add_file: {relative_name!r} is not a name the writer may take")
+        target = self.directory / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = content if isinstance(content, bytes) else Path(content).read_bytes()
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+        if rel.as_posix() not in self._files:
+            self._files.append(rel.as_posix())
+        self._notify(target)
+
+    # -- the end ---------------------------------------------------------------------------------
+    def finish(self, manifest_fields: Optional[dict[str, Any]] = None) -> WriteSummary:
+        """Close the last shard, rename shards -of-M, write the index, then manifest.json (last)."""
+        self._check_open()
+        if self._shard is not None:
+            self._close_shard()
+        names = self._rename_shards()
+        for name in names:
+            self._notify(self.directory / name)
+        index_name = self._write_index(names)
+        self._notify(self.directory / index_name)
+        entries = [file_entry(self.directory, n) for n in [*names, index_name, *self._files]]
+        manifest = write_manifest(self.directory, self._manifest_doc(manifest_fields or {}), entries)
+        self._finished = True
+        self._notify(manifest)
+        return self._summary(entries, manifest)
+
+    def _rename_shards(self) -> list[str]:
+        total = len(self._closed)
+        names = []
+        for i, path in enumerate(self._closed, 1):
+            final = path.with_name(f"model-{i:05d}-of-{total:05d}.safetensors")
+            os.replace(path, final)
+            names.append(final.name)
+        return names
+
+    def _write_index(self, names: list[str]) -> str:
+        index: dict[str, Any] = {
+            "metadata": {"total_size": self.tensor_bytes},
+            "weight_map": {k: names[n - 1] for k, n in sorted(self._weight_map.items())},
+        }
+        if self.format == "compressed":
+            index["metadata"].update({"format": "compressed", "format_version": FORMAT_VERSION,
+                                      "dense_total_size": self.dense_tensor_bytes})
+            index["tensors"] = dict(sorted(self._tensors.items()))
+        name = DENSE_INDEX if self.format == "dense" else COMPRESSED_INDEX
+        (self.directory / name).write_text(json.dumps(index, indent=2) + "\n")
+        return name
+
+    def _manifest_doc(self, fields: dict[str, Any]) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "formatVersion": FORMAT_VERSION,
+            "format": self.format,
+            "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if "config.json" in self._files:
+            doc["configSha256"] = file_entry(self.directory, "config.json").sha256
+        doc.update(fields)
+        doc["tensors"] = {"bytes": self.tensor_bytes, "denseBytes": self.dense_tensor_bytes,
+                          "encodings": dict(sorted(self.encodings.items()))}
+        return doc
+
+    def _summary(self, entries: list[FileEntry], manifest: Path) -> WriteSummary:
+        total = sum(e.size for e in entries) + manifest.stat().st_size
+        return WriteSummary(
+            directory=self.directory, format=self.format, files=entries, manifest=manifest, bytes=total,
+            tensor_bytes=self.tensor_bytes, dense_tensor_bytes=self.dense_tensor_bytes,
+            dense_bytes=total - self.tensor_bytes + self.dense_tensor_bytes, encodings=dict(self.encodings),
+        )
+
+    def abort(self) -> None:
+        """Drop the shard being written (finished shards stay on disk)."""
+        if self._shard is not None:
+            self._shard.abort()
+            self._shard = None
+
+    def __enter__(self) -> "CheckpointWriter":
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise CheckpointError(f"{self.directory}: the checkpoint is already finished")
+
+    def _notify(self, path: Path) -> None:
+        if self.on_file_written is not None:
+            self.on_file_written(path)
