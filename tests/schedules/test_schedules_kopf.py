@@ -216,3 +216,23 @@ def test_schedule_runs_forbids_trims_history_and_survives_a_restart(api_server, 
         wait_for(lambda: prunejobs(kube, "every5") == {}, what="children garbage-collected")
     finally:
         operator.stop()
+
+
+def test_replace_deletes_the_running_prunejob_and_its_job(api_server, kube, clock):
+    operator = Operator(api_server.url).start()
+    try:
+        created = create_schedule(kube, "replace5", "*/5 * * * *", concurrencyPolicy="Replace")
+        b1 = boundary(datetime.fromisoformat(created["metadata"]["creationTimestamp"].replace("Z", "+00:00")))
+        b2 = b1 + timedelta(minutes=5)
+        clock.t = b1 + timedelta(seconds=1)
+        first, second = run_name("replace5", b1), run_name("replace5", b2)
+        wait_for(lambda: kube.get_or_none(object_path("batch/v1", "jobs", NS, first)), what="the first run's Job")
+        clock.t = b2 + timedelta(seconds=1)
+        wait_for(lambda: list(prunejobs(kube, "replace5")) == [second], what="the first replaced by the second")
+        wait_for(lambda: kube.get_or_none(object_path("batch/v1", "jobs", NS, first)) is None,
+                 what="the replaced run's Job garbage-collected")
+        status = get_schedule(kube, "replace5")["status"]
+        assert [a["name"] for a in status["active"]] == [second]
+        assert "SuccessfulDelete" in reasons(kube, "replace5")
+    finally:
+        operator.stop()
