@@ -124,8 +124,9 @@ def _sync_once(kube: Kube, schedule: dict[str, Any], at: datetime, logger: Any) 
             raise SpecError([("metadata.name", f"at most {MAX_SCHEDULE_NAME} characters (PruneJob names add 11)")])
     except SpecError as err:
         refused = logic.refused_status(status, err.problems, at, meta.get("generation"))
-        if write_status(kube, schedule, refused):
-            post_events(kube, schedule, (logic.Event("Warning", "InvalidSpec", str(err)),), at)
+        if not write_status(kube, schedule, refused):
+            return None  # refused before, for this very spec: said once, not on every tick
+        post_events(kube, schedule, (logic.Event("Warning", "InvalidSpec", str(err)),), at)
         raise
     children = [logic.child_from_object(o) for o in list_children(kube, schedule)]
     created = logic.parse_time(meta.get("creationTimestamp")) or logic.first_seen(status, at)
