@@ -332,3 +332,19 @@ def test_metrics_service_targets_the_metrics_port(rendered):
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
     assert service["spec"]["selector"].items() <= one(rendered["default"], "Deployment")["spec"]["template"]["metadata"]["labels"].items()
     assert "--metrics-port=0" in container(rendered["no-metrics"])["args"]
+
+
+def test_readme_documents_every_value():
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(node: dict[str, Any], prefix: str = ""):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value and not any(f"`{path}`" in readme for _ in [0]):
+                yield from leaves(value, f"{path}.")
+            else:
+                yield path
+
+    missing = [p for p in leaves(values) if f"`{p}`" not in readme]
+    assert missing == [], f"charts/prune-operator/README.md lacks {missing}"
