@@ -39,8 +39,10 @@ OnFileWritten = Callable[[Path], Any]
 
 @dataclass
 class WriteSummary:
-    """What `finish` wrote. `bytes`: every file of the checkpoint, manifest included;
-    `dense_bytes`: the same checkpoint with every tensor stored dense."""
+    """What `finish` wrote. `bytes`: every file of the checkpoint, manifest included.
+    `dense_bytes`: what the same tensors take dense (numel x element size) plus the
+    files added with add_file; a dense checkpoint's `bytes` exceeds it only by its
+    safetensors headers, index and manifest."""
 
     directory: Path
     format: str
@@ -183,10 +185,11 @@ class CheckpointWriter:
 
     def _summary(self, entries: list[FileEntry], manifest: Path) -> WriteSummary:
         total = sum(e.size for e in entries) + manifest.stat().st_size
+        other = sum(e.size for e in entries if e.name in self._files)
         return WriteSummary(
             directory=self.directory, format=self.format, files=entries, manifest=manifest, bytes=total,
             tensor_bytes=self.tensor_bytes, dense_tensor_bytes=self.dense_tensor_bytes,
-            dense_bytes=total - self.tensor_bytes + self.dense_tensor_bytes, encodings=dict(self.encodings),
+            dense_bytes=other + self.dense_tensor_bytes, encodings=dict(self.encodings),
         )
 
     def abort(self) -> None:

@@ -1,0 +1,235 @@
+"""Reading checkpoints back: `CompressedReader` decodes tensors one at a time
+(each shard checked against the manifest's sha256 before its first read) and
+`load_pretrained` rebuilds an ordinary transformers model from a compressed or
+dense checkpoint, shard by shard, without a second copy of the model."""
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Union
+
+import torch
+from safetensors import safe_open
+
+from prune_job.checkpoint.encoding import decode
+from prune_job.checkpoint.manifest import MANIFEST, CheckpointError, manifest_entries, read_manifest, verify_file
+from prune_job.checkpoint.writer import COMPRESSED_INDEX, DENSE_INDEX
+
+log = logging.getLogger(__name__)
+SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class VerifiedFolder:
+    """A checkpoint folder whose files are checked against manifest.json once, on first use."""
+
+    def __init__(self, folder: Union[str, Path]):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.entries = manifest_entries(self.manifest)
+        self._verified: set[str] = set()
+
+    @property
+    def format(self) -> str:
+        return self.manifest.get("format", "dense")
+
+    def path(self, name: str) -> Path:
+        if name not in self._verified:
+            entry = self.entries.get(name)
+            if entry is None:
+                raise CheckpointError(f"{self.folder / name}: not listed in {MANIFEST}")
+            verify_file(self.folder, entry)
+            self._verified.add(name)
+        return self.folder / name
+
+    def verify_all(self) -> None:
+        for name in self.entries:
+            self.path(name)
+
+
+class CompressedReader:
+    """Tensors of a compressed checkpoint by their state-dict names: `name in r`,
+    `r.keys()`, `r.read(names) -> {name: tensor}`, `r.location` (name -> shard)."""
+
+    def __init__(self, folder: Union[str, Path, VerifiedFolder]):
+        self.checked = folder if isinstance(folder, VerifiedFolder) else VerifiedFolder(folder)
+        if self.checked.format != "compressed":
+            raise CheckpointError(f"{self.checked.folder}: format {self.checked.format!r}, not compressed")
+        index = json.loads(self.checked.path(COMPRESSED_INDEX).read_text())
+        self.weight_map: dict[str, str] = index["weight_map"]
+        self.infos: dict[str, dict[str, Any]] = index.get("tensors", {})
+        self.location: dict[str, Path] = {
+            name: self.checked.folder / self.weight_map[self._stored_names(name)[0]] for name in self.infos
+        }
+
+    def _stored_names(self, name: str) -> list[str]:
+        info = self.infos[name]
+        return list(info["parts"].values()) if "parts" in info else [name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def keys(self) -> Iterable[str]:
+        return self.infos.keys()
+
+    def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        by_shard: dict[str, list[str]] = defaultdict(list)
+        for name in names:
+            if name not in self.infos:
+                raise KeyError(f"{self.checked.folder}: no tensor {name!r} in the checkpoint")
+            by_shard[self.weight_map[self._stored_names(name)[0]]].append(name)
+        out = {}
+        for shard, group in by_shard.items():
+            with safe_open(self.checked.path(shard), framework="pt") as f:
+                for name in group:
+                    out[name] = self._decode(f, name)
+        return out
+
+    def _decode(self, f: Any, name: str) -> torch.Tensor:
+        info = self.infos[name]
+        if "parts" not in info:
+            return f.get_tensor(name)
+        return decode(info, {role: f.get_tensor(stored) for role, stored in info["parts"].items()})
+
+    def iter_shards(self) -> Iterator[tuple[str, list[str]]]:
+        """(shard file, the tensor names stored in it), in file order."""
+        by_shard: dict[str, list[str]] = defaultdict(list)
+        for name in self.infos:
+            by_shard[self.weight_map[self._stored_names(name)[0]]].append(name)
+        yield from sorted(by_shard.items())
+
+    def pattern_of(self, name: str) -> Optional[str]:
+        return self.infos.get(name, {}).get("pattern")
+
+
+def load_pretrained(path_or_uri: Union[str, Path], device: Union[str, torch.device, None] = None,
+                    semi_structured: bool = False, cache_dir: Union[str, Path, None] = None,
+                    trust_remote_code: bool = False) -> torch.nn.Module:
+    """A transformers model from a checkpoint folder or `s3://bucket/prefix` (downloaded into `cache_dir`).
+
+    Every file is checked against manifest.json (a folder without one is refused as incomplete).
+    `semi_structured=True` (CUDA, float16/bfloat16) turns 2:4 Linear weights into PyTorch
+    semi-structured sparse tensors."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if semi_structured and device.type != "cuda":
+        raise ValueError("semi_structured=True needs a CUDA device (PyTorch's 2:4 sparse kernels are CUDA-only)")
+    folder = _local_folder(path_or_uri, cache_dir)
+    checked = VerifiedFolder(folder)
+    if checked.format == "compressed":
+        reader = CompressedReader(checked)
+        model = _load_compressed(reader, device, trust_remote_code)
+    elif checked.format == "dense":
+        checked.verify_all()
+        model = _load_dense(checked.folder, device, trust_remote_code)
+        reader = None
+    else:
+        raise CheckpointError(f"{folder}: unknown checkpoint format {checked.format!r}")
+    model.eval()
+    if semi_structured:
+        to_semi_structured(model, reader)
+    return model
+
+
+def _local_folder(path_or_uri: Union[str, Path], cache_dir: Union[str, Path, None]) -> Path:
+    text = str(path_or_uri)
+    if text.startswith("s3://"):
+        from prune_job import storage
+
+        if cache_dir is None:
+            from prune_job.builtin import cache_root
+
+            cache_dir = cache_root() / "s3"
+        return storage.fetch_model(text, Path(cache_dir))
+    from prune_job.uris import local_path
+
+    folder = local_path(text)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory")
+    return folder
+
+
+SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _first_float_dtype(files: Iterable[Path]) -> Optional[torch.dtype]:
+    """The dtype of the first floating-point tensor stored in these safetensors files."""
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                dtype = SAFETENSORS_FLOATS.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return None
+
+
+def _stored_dtype(reader: CompressedReader) -> torch.dtype:
+    from prune_job.checkpoint.encoding import NAME_DTYPES
+
+    for info in reader.infos.values():
+        if info.get("dtype") in NAME_DTYPES:
+            return NAME_DTYPES[info["dtype"]]
+    shards = [reader.checked.path(shard) for shard, _ in reader.iter_shards()]
+    return _first_float_dtype(shards) or torch.float32
+
+
+@torch.no_grad()
+def _load_compressed(reader: CompressedReader, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = reader.checked.folder
+    config = AutoConfig.from_pretrained(reader.checked.path("config.json").parent, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=_stored_dtype(reader),
+                                                 trust_remote_code=trust_remote_code)
+    wanted = set(model.state_dict().keys())
+    for _, names in reader.iter_shards():  # one shard at a time, one tensor at a time
+        for name in names:
+            if name not in wanted:
+                log.warning("%s: tensor %s has no place in %s; ignored", folder, name, type(model).__name__)
+                continue
+            tensor = reader.read([name])[name]
+            set_module_tensor_to_device(model, name, device, value=tensor)
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise CheckpointError(f"{folder}: the checkpoint has no tensor for {', '.join(missing[:5])}"
+                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    return model
+
+
+def _load_dense(folder: Path, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    dtype = _first_float_dtype(sorted(folder.glob("*.safetensors"))) or "auto"
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": str(device)},
+                                                trust_remote_code=trust_remote_code)
+
+
+@torch.no_grad()
+def to_semi_structured(model: torch.nn.Module, reader: Optional[CompressedReader] = None) -> list[str]:
+    """Replace the weight of every Linear stored as 2:4 (or, without a reader, every
+    Linear whose weight is 2:4) by a semi-structured sparse tensor; returns their names."""
+    from torch.sparse import to_sparse_semi_structured
+
+    converted = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        w = module.weight
+        if w.device.type != "cuda" or w.dtype not in SEMI_STRUCTURED_DTYPES:
+            continue
+        if reader is not None and reader.pattern_of(f"{name}.weight") != "2:4":
+            continue
+        if reader is None and not _is_2_4(w):
+            continue
+        module.weight = torch.nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
+        converted.append(name)
+    log.info("semi-structured 2:4 weights: %d Linear layers", len(converted))
+    return converted
+
+
+def _is_2_4(w: torch.Tensor) -> bool:
+    return w.dim() == 2 and w.shape[1] % 4 == 0 and bool(((w.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
