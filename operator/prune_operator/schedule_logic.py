@@ -32,15 +32,17 @@ from croniter import croniter
 from prune_job.schedule_spec import ActiveRef, PruneScheduleSpec, PruneScheduleStatus
 from prune_job.spec import API_VERSION, Condition
 
-# What the schedule controller does through the API (schedules.py): Kopf watches and
-# patches PruneSchedules, the controller writes their status, lists, creates and deletes
-# the PruneJobs they own (owner references with blockOwnerDeletion need finalizers/update).
+# Exactly what the schedule controller does through the API (schedules.py; a test records
+# its requests against the emulator): Kopf lists and watches PruneSchedules and the
+# labelled PruneJobs, a sync GETs the schedule, patches its status, creates and deletes
+# PruneJobs and posts core/v1 Events. Owner references with blockOwnerDeletion need
+# `update` on the owner's finalizers (OwnerReferencesPermissionEnforcement).
 RBAC_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules/status"], "verbs": ["patch"]},
     {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules/finalizers"], "verbs": ["update"]},
-    {"apiGroups": ["pruning.dev"], "resources": ["prunejobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["pruning.dev"], "resources": ["prunejobs"], "verbs": ["list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 SCHEDULE_LABEL = "pruning.dev/schedule"
 SCHEDULED_AT_ANNOTATION = "pruning.dev/scheduled-at"

@@ -24,9 +24,12 @@ from prune_operator import main as operator_main  # noqa: E402
 from prune_operator import schedules  # noqa: E402
 from prune_operator.config import OperatorConfig  # noqa: E402
 from prune_operator.kube import Kube, collection_path, object_path  # noqa: E402
-from prune_operator.schedule_logic import run_name  # noqa: E402
+from prune_operator import chartfiles  # noqa: E402
+from prune_operator.schedule_logic import RBAC_RULES, run_name  # noqa: E402
 
 NS = "sched"
+TEST_AGENT = "schedules-test"
+VERBS = {"FETCH": "get", "LIST": "list", "WATCH": "watch", "CREATE": "create", "DELETE": "delete"}
 PJ = ("pruning.dev/v1alpha1", "prunejobs")
 PJS = ("pruning.dev/v1alpha1", "pruneschedules")
 TEMPLATE = {"spec": {"model": {"uri": "s3://models/tiny/"}, "pruning": {"method": "magnitude", "sparsity": 0.5},
@@ -96,6 +99,7 @@ def kube(api_server):
     configuration = Configuration()
     configuration.host = api_server.url
     client = Kube(configuration)
+    client.client.user_agent = TEST_AGENT  # to tell the test's own requests from the operator's
     yield client
     client.close()
 
@@ -236,3 +240,27 @@ def test_replace_deletes_the_running_prunejob_and_its_job(api_server, kube, cloc
         assert "SuccessfulDelete" in reasons(kube, "replace5")
     finally:
         operator.stop()
+
+
+def operator_permissions(api_server) -> set[tuple[str, str, str, str]]:
+    """(group, resource[/subresource], verb, "") of every request the operator made."""
+    used = set()
+    for request in api_server.requests():
+        if request.resource is None or not request.resource.plural or request.headers.get("User-Agent") == TEST_AGENT:
+            continue
+        if request.action is None:
+            continue
+        verb = VERBS.get(request.action.value) or ("update" if request.method.value == "PUT" else "patch")
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        used.add((request.resource.group or "", resource, verb, ""))
+    return used
+
+
+def test_rbac_rules_are_exactly_what_the_operator_used(api_server):
+    """Runs after the scenarios above (same emulator): every request the operator made
+    is granted by the chart's rules, and every schedule rule was needed."""
+    used = operator_permissions(api_server)
+    granted = chartfiles.permissions(chartfiles.controller_rules())
+    assert used - granted == set()
+    finalizers = {("pruning.dev", "pruneschedules/finalizers", "update", "")}  # checked by admission, not a request
+    assert chartfiles.permissions(RBAC_RULES) - finalizers <= used
