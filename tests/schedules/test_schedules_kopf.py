@@ -221,6 +221,12 @@ def test_schedule_runs_forbids_trims_history_and_survives_a_restart(api_server, 
     finally:
         operator.stop()
 
+    # 7. RBAC: every request the operator made is granted by the chart's rules, every schedule rule was used
+    used = operator_permissions(api_server)
+    assert used - chartfiles.permissions(chartfiles.controller_rules()) == set()
+    finalizers = {("pruning.dev", "pruneschedules/finalizers", "update", "")}  # checked by admission, not a request
+    assert chartfiles.permissions(RBAC_RULES) - finalizers <= used
+
 
 def test_replace_deletes_the_running_prunejob_and_its_job(api_server, kube, clock):
     operator = Operator(api_server.url).start()
@@ -255,12 +261,3 @@ def operator_permissions(api_server) -> set[tuple[str, str, str, str]]:
         used.add((request.resource.group or "", resource, verb, ""))
     return used
 
-
-def test_rbac_rules_are_exactly_what_the_operator_used(api_server):
-    """Runs after the scenarios above (same emulator): every request the operator made
-    is granted by the chart's rules, and every schedule rule was needed."""
-    used = operator_permissions(api_server)
-    granted = chartfiles.permissions(chartfiles.controller_rules())
-    assert used - granted == set()
-    finalizers = {("pruning.dev", "pruneschedules/finalizers", "update", "")}  # checked by admission, not a request
-    assert chartfiles.permissions(RBAC_RULES) - finalizers <= used
