@@ -121,9 +121,30 @@ def run_name(schedule_name: str, scheduled: datetime) -> str:
 
 
 def next_time(spec: PruneScheduleSpec, after: datetime) -> datetime:
-    """The first scheduled time strictly after `after`, in UTC."""
+    """The first scheduled time strictly after `after`, in UTC.
+
+    When clocks go back (end of daylight saving time) a local time such as
+    02:30 happens twice; a schedule at fixed hours runs at the first one only,
+    as Vixie cron does (a nightly run must not cost two GPU runs once a year).
+    Schedules with a wildcard hour (every N minutes, hourly) run at both."""
     it = croniter(spec.schedule, after.astimezone(spec.zone))
-    return it.get_next(datetime).astimezone(timezone.utc)
+    while True:
+        t = it.get_next(datetime)
+        if not (_fixed_hours(spec.schedule) and _second_occurrence(t)):
+            return t.astimezone(timezone.utc)
+
+
+def _fixed_hours(schedule: str) -> bool:
+    fields = schedule.split()
+    if len(fields) == 1:  # a macro: only @hourly has no fixed hour
+        return fields[0].lower() != "@hourly"
+    return not fields[1].startswith("*")
+
+
+def _second_occurrence(local: datetime) -> bool:
+    """Whether `local` (aware, in the schedule's zone) is the repeat of an ambiguous wall-clock time."""
+    first = local.replace(fold=0)
+    return local.fold == 1 and first.utcoffset() != local.utcoffset()
 
 
 def latest_time(spec: PruneScheduleSpec, now: datetime) -> datetime:

@@ -269,3 +269,21 @@ def test_child_from_object_and_ownership():
 def test_longest_schedule_name_gives_a_valid_job_name():
     name = run_name("a" * MAX_SCHEDULE_NAME, utc(2099, 12, 31, 23, 59))
     assert len(name) <= 63
+
+
+def test_daylight_saving_end_runs_a_fixed_hour_once_and_wildcards_at_both():
+    nightly = World(make_spec("30 2 * * *", timeZone="Europe/Berlin"), created=utc(2026, 10, 24, 12))
+    nightly.run(utc(2026, 10, 24, 12), utc(2026, 10, 26, 12), step=5 * MIN, duration=10 * MIN)
+    # 02:30 happens twice on 25 October (CEST 00:30Z, then CET 01:30Z): one run
+    assert run_times(nightly) == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]
+    halfhourly = World(make_spec("*/30 * * * *", timeZone="Europe/Berlin"), created=utc(2026, 10, 25, 0, 10))
+    halfhourly.run(utc(2026, 10, 25, 0, 10), utc(2026, 10, 25, 2, 0), step=MIN, duration=5 * MIN)
+    assert run_times(halfhourly) == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1), utc(2026, 10, 25, 1, 30),
+                                     utc(2026, 10, 25, 2)]
+
+
+def test_daylight_saving_start_runs_a_skipped_time_at_the_next_valid_one():
+    nightly = World(make_spec("30 2 * * *", timeZone="Europe/Berlin"), created=utc(2026, 3, 28, 12))
+    nightly.run(utc(2026, 3, 28, 12), utc(2026, 3, 30, 12), step=5 * MIN, duration=10 * MIN)
+    # 02:30 does not exist on 29 March: the run starts at 03:00 CEST (01:00Z)
+    assert run_times(nightly) == [utc(2026, 3, 29, 1), utc(2026, 3, 30, 0, 30)]
