@@ -22,6 +22,7 @@ PLURALS = {
     "Job": "jobs",
     "Pod": "pods",
     "PruneJob": "prunejobs",
+    "Namespace": "namespaces",
 }
 
 
@@ -54,6 +55,7 @@ def object_path(api_version: str, plural: str, namespace: Optional[str], name: s
 class Kube:
     def __init__(self, configuration: Configuration):
         self.configuration = configuration
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
         self.client = ApiClient(configuration)
 
     def request(self, method: str, path: str, body: Any = None, query: Optional[dict[str, str]] = None,

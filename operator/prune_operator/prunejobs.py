@@ -89,6 +89,8 @@ def sync_status(kube: Kube, namespace: str, name: str, logger: Any) -> Optional[
         except ApiError as err:
             if err.status == 409:  # someone (the worker) wrote in between: read again
                 continue
+            if err.status == 404:  # deleted meanwhile
+                return None
             raise
         for event in events:
             kopf.event(prunejob, type=event.type, reason=event.reason, message=event.message)
@@ -116,8 +118,11 @@ def _owner_name(job: dict[str, Any]) -> Optional[str]:
 
 def reconcile_prunejob(body: Any, memo: Any, logger: Any, **_: Any) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    raw_spec = dict(body.get("spec") or {})
     try:
+        body = memo.kube.get_or_none(prunejob_path(namespace, name))  # fresh: a retry may come after a delete
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        raw_spec = dict(body.get("spec") or {})
         problems = reconcile.spec_problems(raw_spec)
         if problems:
             sync_status(memo.kube, namespace, name, logger)

@@ -79,7 +79,7 @@ class OperatorThread:
 
 @pytest.fixture(scope="module")
 def api_server():
-    server = EmulatorThread([CRD]).start()
+    server = EmulatorThread(sorted((ROOT / "crds").glob("*.yaml"))).start()
     yield server
     server.stop()
 
@@ -92,12 +92,14 @@ def kube(api_server) -> Kube:
 
 
 @pytest.fixture
-def namespace(request) -> str:
-    return "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+def namespace(request, kube) -> str:
+    name = "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
 
 
 @pytest.fixture
-def operator(api_server):
-    running = OperatorThread(api_server.url).start()
+def operator(api_server, namespace):
+    running = OperatorThread(api_server.url, namespaces=[namespace]).start()
     yield running
     running.stop()

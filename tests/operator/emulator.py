@@ -33,12 +33,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Optional
 
+import aiohttp.web
 import jsonpatch
 import jsonpointer
 import kmock
 import yaml
-from kmock._internal import apps, enums, rendering
+from kmock._internal import enums, parsing, rendering
 from kmock._internal.k8s import KubernetesError
+
+_parse_path = parsing.parse_path
+
+
+def _parse_path_with_namespaces(path: str) -> parsing.ParsedPath:
+    """kmock 0.8 reads `/api/v1/namespaces[/NAME[/status]]` as a namespace prefix
+    (and fails on the bare collection): parse Namespaces as the resource they are."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (len(parts) <= 4 or parts[4:] in (["status"], ["finalize"])):
+        name = parts[3] if len(parts) > 3 else None
+        return parsing.ParsedPath("", "v1", "namespaces", None, name, parts[4] if len(parts) > 4 else None)
+    return _parse_path(path)
+
+
+parsing.parse_path = _parse_path_with_namespaces  # rendering.Request._parse looks it up on the module
 
 BUILTIN_RESOURCES = [
     # (resource, kind, namespaced, subresources)
@@ -185,20 +201,58 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         return {"uid": str(uuid.uuid4()), "resourceVersion": self._next_rv(), "generation": 1,
                 "creationTimestamp": _now().strftime("%Y-%m-%dT%H:%M:%SZ")}
 
-    async def _handle(self, request: rendering.Request):
-        if request.resource is not None and request.action in (
-            enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE
-        ):
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Serve the request directly. (kmock's reaction matching re-filters every
+        request ever received for each new one: quadratic, and nothing here
+        uses reactions.)"""
+        action = request.action
+        if request.resource is None or request.resource.plural is None:
+            return aiohttp.web.json_response(await self._discovery(request))
+        if action == enums.action.WATCH:
+            return await self._stream(request)
+        if action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
             async with self._lock:
-                if request.action == enums.action.CREATE:
-                    await self._create(request)
-                elif request.action == enums.action.UPDATE:
-                    await self._update(request)
+                if action == enums.action.CREATE:
+                    body = await self._create(request)
+                elif action == enums.action.UPDATE:
+                    body = await self._update(request)
                 else:
-                    await self._delete(request)
-        return await apps.RawHandler._handle(self, request)
+                    body = await self._delete(request)
+            return aiohttp.web.json_response(body)
+        if action == enums.action.LIST:
+            return aiohttp.web.json_response(await self._serve_list(request))
+        if action == enums.action.FETCH:
+            return aiohttp.web.json_response(await self._serve_fetch(request))
+        raise _status_error(405, "MethodNotAllowed", f"{request.method} is not supported here")
 
-    async def _create(self, request: rendering.Request) -> None:
+    async def _discovery(self, request: rendering.Request) -> Any:
+        path = request.url.path.rstrip("/")
+        parts = path.strip("/").split("/") if path else []
+        if path == "/version":
+            return await self._serve_server_version(request)
+        if path == "":
+            return await self._serve_root(request)
+        if path == "/api":
+            return await self._serve_api(request)
+        if path == "/apis":
+            return await self._serve_apis(request)
+        if parts[0] == "apis" and len(parts) == 2:
+            return await self._serve_group(request)
+        if (parts[0] == "apis" and len(parts) == 3) or parts == ["api", "v1"]:
+            return await self._serve_version(request)
+        raise kmock.KubernetesEndpointNotFoundError()
+
+    async def _stream(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        try:
+            async for event in self._watch_events(request):
+                await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return response
+
+    async def _create(self, request: rendering.Request) -> dict[str, Any]:
         info = self._info.get(request.resource, {})
         data = request.data if isinstance(request.data, dict) else {}
         meta = data.setdefault("metadata", {})
@@ -225,6 +279,13 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = data
         await self._buses[request.resource].put({"type": "ADDED", "object": copy.deepcopy(data)})
+        owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+        if owners and not self._live_uids() & owners:  # the garbage collector removes orphans
+            await self._remove(request.resource, self.objects[key])
+        return copy.deepcopy(data)
+
+    def _live_uids(self) -> set[str]:
+        return {obj.raw["metadata"].get("uid") for obj in self.objects.values() if not obj.deleted}
 
     def _existing(self, request: rendering.Request) -> kmock.Object:
         key = (request.resource, request.namespace, request.name)
@@ -232,7 +293,7 @@ class StatefulEmulator(kmock.KubernetesEmulator):
             raise _status_error(404, "NotFound", f"{request.resource.plural} \"{request.name}\" not found")
         return self.objects[key]
 
-    async def _update(self, request: rendering.Request) -> None:
+    async def _update(self, request: rendering.Request) -> dict[str, Any]:
         obj = self._existing(request)
         old = copy.deepcopy(obj.raw)
         patch = request.data
@@ -263,7 +324,7 @@ class StatefulEmulator(kmock.KubernetesEmulator):
             if field in old["metadata"]:
                 new.setdefault("metadata", {})[field] = old["metadata"][field]
         if new == old:
-            return  # a no-op: no new version, no event
+            return old  # a no-op: no new version, no event
         body_keys = set(old) | set(new)
         if any(old.get(k) != new.get(k) for k in body_keys - {"metadata", "status", "apiVersion", "kind"}):
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
@@ -274,8 +335,9 @@ class StatefulEmulator(kmock.KubernetesEmulator):
             await self._remove(request.resource, obj)
         else:
             await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
+        return copy.deepcopy(new)
 
-    async def _delete(self, request: rendering.Request) -> None:
+    async def _delete(self, request: rendering.Request) -> dict[str, Any]:
         obj = self._existing(request)
         meta = obj.raw["metadata"]
         if meta.get("finalizers"):
@@ -285,8 +347,10 @@ class StatefulEmulator(kmock.KubernetesEmulator):
                 new["metadata"]["resourceVersion"] = self._next_rv()
                 obj.history.append(new)
                 await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
-            return
+            return copy.deepcopy(obj.raw)
+        last = copy.deepcopy(obj.raw)
         await self._remove(request.resource, obj)
+        return last
 
     async def _remove(self, resource: kmock.resource, obj: kmock.Object) -> None:
         """Delete an object, then (background cascading) every object it owns."""
@@ -340,8 +404,7 @@ class StatefulEmulator(kmock.KubernetesEmulator):
             return self._table(request.resource, items, str(self._rv))
         return items[0]
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
-        yield b""
+    async def _watch_events(self, request: rendering.Request) -> AsyncIterator[dict[str, Any]]:
         bus = self._buses[request.resource]
         async with self._lock:  # subscribe first, then list: nothing falls in between
             marker = await bus.mark()
