@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -75,6 +77,38 @@ class OperatorThread:
         assert not self.thread.is_alive(), "the operator did not stop"
         if self.error and not isinstance(self.error, (asyncio.CancelledError,)):
             raise self.error
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (what a pod's ca.crt would verify)."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_api_server(tls_files):
+    """The emulator, also served over https (as a pod reaches the API server)."""
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = EmulatorThread(sorted((ROOT / "crds").glob("*.yaml")), ssl_context=context).start()
+    yield server
+    server.stop()
+
+
+def pod_identity(directory: Path, server: EmulatorThread, cert: Path, token: str) -> dict[str, str]:
+    """What a pod has: the ServiceAccount directory (token, ca.crt) and the service's address."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "token").write_text(token)
+    (directory / "ca.crt").write_bytes(cert.read_bytes())
+    (directory / "namespace").write_text("default")
+    return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(server.tls_port),
+            "PRUNE_JOB_SERVICEACCOUNT_DIR": str(directory)}
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,8 @@ def events(kube: Kube, namespace: str) -> list[dict[str, Any]]:
 def job_condition(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:
     return {"type": kind, "status": "True", "reason": reason, "message": message,
             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+
+
+def requests_with_token(requests: list[Any], token: str) -> list[Any]:
+    """The emulator's recorded requests made with this bearer token."""
+    return [r for r in requests if r.headers.get("Authorization", "").lower() == f"bearer {token}".lower()]
