@@ -73,3 +73,10 @@ def test_mismatched_shapes_are_refused():
         wanda_prune(torch.randn(2, 4), 0.5, None, torch.ones(5))
     with pytest.raises(ValueError, match="factor is for 8 inputs"):
         sparsegpt_prune(torch.randn(2, 4), factorise(hessian(8), 0.01), 0.5, None, 4)
+
+
+def test_nan_off_the_diagonal_is_caught():
+    H = torch.eye(4)
+    H[0, 1] = H[1, 0] = float("nan")
+    with pytest.raises(FactorizationError, match="dampening"):
+        factorise(H, 0.01)

@@ -78,11 +78,17 @@ def select_mask(
 
 
 def _keep_n_of_m(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-    """Vectorised over all groups: a stable sort inside each group of m (ties: lower index kept)."""
+    """Vectorised over all groups of m consecutive inputs of every row."""
     groups = scores.reshape(scores.shape[0], -1, pattern.m)
-    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices[..., : pattern.n]
-    keep = torch.zeros(groups.shape, dtype=torch.bool, device=scores.device)
-    return keep.scatter_(-1, order, True).view(scores.shape)
+    return keep_top_n(groups, pattern.n, dim=-1).view(scores.shape)
+
+
+def keep_top_n(scores: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """Keep-mask of the n highest entries along `dim` (ties: the lower index is kept).
+    A stable sort along a short axis: no Python loop over groups."""
+    order = torch.sort(scores, dim=dim, descending=True, stable=True).indices.narrow(dim, 0, n)
+    keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    return keep.scatter_(dim, order, True)
 
 
 def _keep_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
