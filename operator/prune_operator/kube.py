@@ -88,7 +88,8 @@ class Kube:
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create; False when it already exists (409: done before)."""
         meta = manifest["metadata"]
-        path = collection_path(manifest["apiVersion"], PLURALS[manifest["kind"]], meta.get("namespace"))
+        plural = PLURALS.get(manifest["kind"]) or manifest["kind"].lower() + "s"
+        path = collection_path(manifest["apiVersion"], plural, meta.get("namespace"))
         try:
             self.request("POST", path, body=manifest)
         except ApiError as err:

@@ -242,6 +242,26 @@ class StatefulEmulator(kmock.KubernetesEmulator):
             return await self._serve_version(request)
         raise kmock.KubernetesEndpointNotFoundError()
 
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """APIResourceList; subresources without short names or categories (kmock
+        copies them, which makes `kubectl get pj` ambiguous)."""
+        wanted = request.resource
+        entries = []
+        for key, info in sorted(self._info.items(), key=lambda item: item[0].plural):
+            if (key.group, key.version) != (wanted.group, wanted.version):
+                continue
+            declared = self.resources[key]
+            entries.append({"name": key.plural, "singularName": declared.singular or "", "kind": info["kind"],
+                            "namespaced": info["namespaced"], "verbs": VERBS,
+                            "shortNames": sorted(declared.shortnames), "categories": sorted(declared.categories)})
+            for sub in sorted(info["subresources"]):
+                entries.append({"name": f"{key.plural}/{sub}", "singularName": "", "kind": info["kind"],
+                                "namespaced": info["namespaced"], "verbs": ["get", "patch", "update"]})
+        if not entries:
+            raise kmock.KubernetesResourceNotFoundError()
+        group_version = f"{wanted.group}/{wanted.version}" if wanted.group else wanted.version
+        return {"apiVersion": "v1", "kind": "APIResourceList", "groupVersion": group_version, "resources": entries}
+
     async def _stream(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request._raw_request)
