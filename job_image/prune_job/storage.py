@@ -352,10 +352,7 @@ class S3Store:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, size)
-            ranges = [(off, min(self.part_size, size - off)) for off in range(0, size, self.part_size)]
-            self._parallel(lambda r: self._call("downloading", lambda: self._get_range(bucket, key, fd, *r),
-                                                bucket, key), ranges)
-            got = sha256_fd(fd)
+            got = self._fetch_ranges(bucket, key, fd, size)
         finally:
             os.close(fd)
         if sha256 and got != sha256:
@@ -364,6 +361,25 @@ class S3Store:
                                  f"{'the manifest' if sha256 else 'the object'}; the object is corrupt")
         os.replace(tmp, dest)
         return Transfer(key, size, size, "downloaded")
+
+    def _fetch_ranges(self, bucket: str, key: str, fd: int, size: int) -> str:
+        """Ranges in parallel; this thread hashes them in order as they land (overlapping the download)."""
+        ranges = [(off, min(self.part_size, size - off)) for off in range(0, size, self.part_size)]
+        futures = [self._pool.submit(self._call, "downloading", lambda r=r: self._get_range(bucket, key, fd, *r),
+                                     bucket, key) for r in ranges]
+        digest = hashlib.sha256()
+        try:
+            for future, (offset, length) in zip(futures, ranges):
+                future.result()
+                for start in range(offset, offset + length, 8 * MiB):
+                    digest.update(os.pread(fd, min(8 * MiB, offset + length - start), start))
+        finally:
+            for future in futures:
+                future.cancel()
+            for future in futures:
+                if not future.cancelled():
+                    future.exception()  # let running ranges finish before the descriptor closes
+        return digest.hexdigest()
 
     def _get_range(self, bucket: str, key: str, fd: int, offset: int, length: int) -> None:
         response = self.client.get_object(bucket, key, offset=offset, length=length)
