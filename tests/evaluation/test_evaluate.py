@@ -62,3 +62,23 @@ def test_needs_exactly_one_sparse_source(tiny_dense, tmp_path):
     job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out")
     with pytest.raises(ValueError):
         evaluate(job=job, dense_dir=tiny_dense, detail=ResultsDetail())
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "unstructured"])
+def test_evaluate_compressed_checkpoint_matches_dense_format(tiny_dense, tiny_sparse, tmp_path, pattern):
+    """The checkpoint writer's compressed format gives the same figures as the dense-format folder."""
+    from prune_job.checkpoint import CheckpointWriter
+    from prune_job.spec import Pattern
+
+    writer = CheckpointWriter(tmp_path / "compressed", format="compressed")
+    for key, tensor in load_file(next(tiny_sparse.glob("*.safetensors"))).items():
+        pruned = ".layers." in key and tensor.dim() == 2
+        writer.add(key, tensor, pattern=Pattern(2, 4) if pruned and pattern == "2:4" else None, pruned=pruned)
+    writer.add_file("config.json", tiny_sparse / "config.json")
+    writer.finish({})
+    job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out", pattern=pattern,
+                   generation={"enabled": False})
+    results = [evaluate(job=job, dense_dir=tiny_dense, sparse_dir=folder, detail=ResultsDetail(),
+                        report_dir=tmp_path / f"r{n}") for n, folder in enumerate([tiny_sparse, tmp_path / "compressed"])]
+    assert results[0].perplexity == results[1].perplexity
+    assert results[0].layers == results[1].layers and results[1].sparsity == 0.5
