@@ -40,6 +40,7 @@ MAX_COPY_BYTES = 5 * (1 << 30)  # CopyObject's limit
 SHA_META = "x-amz-meta-sha256"
 MANIFEST = "manifest.json"
 ETAGS_FILE = ".prune-job-etags.json"
+TEMP_SUFFIXES = (".tmp", ".data", ".part", ETAGS_FILE)
 DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                 "AllAccessDisabled", "AccountProblem"}
 TRANSIENT_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
@@ -451,11 +452,13 @@ class Uploader:
         self._by_file: dict[tuple[int, int, int, int], tuple[str, Future]] = {}  # same file -> key, its upload
         self.transfers: list[Transfer] = []
         self.errors: list[str] = []
+        self._names: set[str] = set()
 
     def __call__(self, path: Path) -> None:
         path = Path(path)
         name = path.relative_to(self.local_dir).as_posix() if path.is_relative_to(self.local_dir) else path.name
         key = join_key(self.prefix, name)
+        self._names.add(name)
         fd = os.open(path, os.O_RDONLY)  # opened now: the writer may rename the file later
         st = os.fstat(fd)
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # a rename keeps all four
@@ -502,6 +505,14 @@ class Uploader:
         self.store.remove(self.bucket, old)
         return Transfer(key, size, 0, action)
 
+    def sync(self) -> None:
+        """Hand over every file of the local folder not handed over yet (report.md, plots, ...), manifest.json
+        last. Call it after the checkpoint is finished."""
+        files = sorted(p for p in self.local_dir.rglob("*") if p.is_file() and not p.name.endswith(TEMP_SUFFIXES)
+                       and p.relative_to(self.local_dir).as_posix() not in self._names)
+        for path in sorted(files, key=lambda p: p.name == MANIFEST):
+            self(path)
+
     def wait(self) -> None:
         with self._lock:
             pending = list(self._pending)
@@ -526,11 +537,8 @@ class Uploader:
 def upload_folder(local_dir: Path, uri: str, store: Optional[S3Store] = None,
                   on_bytes: Optional[Callable[[int], None]] = None) -> Uploader:
     """Upload every file of a finished checkpoint folder, manifest.json last; returns the closed Uploader."""
-    local_dir = Path(local_dir)
-    uploader = Uploader(uri, local_dir, store, on_bytes=on_bytes)
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".data", ".part")))
-    for path in [p for p in files if p.name != MANIFEST] + [p for p in files if p.name == MANIFEST]:
-        uploader(path)
+    uploader = Uploader(uri, Path(local_dir), store, on_bytes=on_bytes)
+    uploader.sync()
     uploader.close()
     return uploader
 

@@ -93,3 +93,15 @@ def test_half_precision_50_percent_is_at_most_057_of_dense(pattern, dtype):
     stored = sum(p.numel() * p.element_size() for p in enc.parts.values())
     ratio = stored / (t.numel() * t.element_size())
     assert ratio <= 0.5625 if pattern is None else ratio <= 0.547
+
+
+@pytest.mark.parametrize("pattern", [Pattern(2, 4), Pattern(3, 8), Pattern(2, 32)])
+def test_nm_decode_in_small_chunks(monkeypatch, pattern):
+    import prune_job.checkpoint.encoding as encoding
+
+    monkeypatch.setattr(encoding, "GROUPS_PER_CHUNK", 8)
+    monkeypatch.setattr(encoding, "ROWS_PER_CHUNK", 8)
+    torch.manual_seed(3)
+    t = magnitude(torch.randn(37, 3 * pattern.m).to(torch.float16), pattern)
+    back, info = roundtrip(t, pattern)
+    assert info["encoding"] == "nm" and same_bits(back, t)

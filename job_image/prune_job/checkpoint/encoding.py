@@ -28,6 +28,7 @@ import torch
 from prune_job.spec import Pattern
 
 ROWS_PER_CHUNK = 1024  # a multiple of 8
+GROUPS_PER_CHUNK = 1 << 20  # a multiple of 8
 MAX_COMBINATION_M = 16
 BITS_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
@@ -149,20 +150,29 @@ def _encode_nm(name: str, t: torch.Tensor, pattern: Pattern) -> Optional[Encoded
 def decode_nm(info: dict[str, Any], values: torch.Tensor, nm_index: torch.Tensor) -> torch.Tensor:
     n, m = (int(x) for x in info["pattern"].split(":"))
     shape, bits = info["shape"], int(info["index_bits"])
+    per_group = 1 if info["index"] == "combination" else n  # codes per group
     groups = math.prod(shape) // m
-    count = groups * (1 if info["index"] == "combination" else n)
-    stream = np.unpackbits(nm_index.numpy(), count=count * bits, bitorder="little").reshape(count, bits)
-    packed = np.packbits(stream, axis=1, bitorder="little")  # [count, ceil(bits/8)], little-endian bytes
+    out = torch.zeros(groups, m, dtype=values.dtype)
+    kept = values.reshape(groups, n)
+    stream = nm_index.numpy()
+    for g0 in range(0, groups, GROUPS_PER_CHUNK):  # a multiple of 8: every chunk starts on a byte
+        g1 = min(groups, g0 + GROUPS_PER_CHUNK)
+        count = (g1 - g0) * per_group
+        first = g0 * per_group * bits // 8
+        code = _read_codes(stream[first:first + (count * bits + 7) // 8], count, bits)
+        pos = _combinations(n, m)[1][code] if per_group == 1 else code.reshape(-1, n)
+        out[g0:g1].scatter_(1, pos, kept[g0:g1])
+    return out.reshape(shape)
+
+
+def _read_codes(stream: np.ndarray, count: int, bits: int) -> torch.Tensor:
+    """`count` unsigned codes of `bits` bits each from a little-endian, LSB-first bit stream."""
+    unpacked = np.unpackbits(stream, count=count * bits, bitorder="little").reshape(count, bits)
+    packed = np.packbits(unpacked, axis=1, bitorder="little")  # [count, ceil(bits/8)], little-endian bytes
     code = torch.zeros(count, dtype=torch.int64)
     for j in range(packed.shape[1]):
         code |= torch.from_numpy(packed[:, j].astype(np.int64)) << (8 * j)
-    if info["index"] == "combination":
-        pos = _combinations(n, m)[1][code]
-    else:
-        pos = code.reshape(groups, n)
-    out = torch.zeros(groups, m, dtype=values.dtype)
-    out.scatter_(1, pos, values.reshape(groups, n))
-    return out.reshape(shape)
+    return code
 
 
 def decode(info: dict[str, Any], parts: dict[str, torch.Tensor]) -> torch.Tensor:
