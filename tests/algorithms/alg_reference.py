@@ -8,6 +8,14 @@ import torch
 
 
 def best_removal(scores: list[float], k: int) -> set[int]:
+    """k lowest scores, ties to the lower index. Brute force while small (the sorted order
+    otherwise: it is the same set, see best_removal_exhaustive)."""
+    if math.comb(len(scores), k) > 20_000:
+        return set(sorted(range(len(scores)), key=lambda i: (scores[i], i))[:k])
+    return best_removal_exhaustive(scores, k)
+
+
+def best_removal_exhaustive(scores: list[float], k: int) -> set[int]:
     """Brute force over every k-subset: least total score removed; among equal sums the
     lexicographically smallest index tuple (= lower index removed first among ties)."""
     best = min(itertools.combinations(range(len(scores)), k), key=lambda c: (sum(scores[i] for i in c), c))
@@ -61,7 +69,8 @@ def sparsegpt_naive(W, H, dampening, sparsity, pattern, block_size):
     W = W.double().clone()
     W[:, dead] = 0
     rows, cols = W.shape
-    d = torch.tensor([torch.linalg.inv(H[j:, j:])[0, 0] for j in range(cols)], dtype=torch.float64)
+    first_rows = [torch.linalg.inv(H[j:, j:])[0] for j in range(cols)]  # row j of (H_F)^-1, F = {j, ...}
+    d = torch.stack([r[0] for r in first_rows])
     keep = torch.ones(rows, cols, dtype=torch.bool)
     for j in range(cols):
         if pattern is None and j % block_size == 0:
@@ -72,8 +81,7 @@ def sparsegpt_naive(W, H, dampening, sparsity, pattern, block_size):
         if pattern is not None and j % pattern.m == 0:
             group = slice(j, j + pattern.m)
             keep[:, group] = keep_mask(W[:, group] ** 2 / d[group], 0.0, pattern, "row")
-        Finv = torch.linalg.inv(H[j:, j:])
-        err = torch.where(keep[:, j], 0.0, W[:, j]) / Finv[0, 0]
-        W[:, j:] -= err[:, None] * Finv[0][None, :]
+        err = torch.where(keep[:, j], 0.0, W[:, j]) / d[j]
+        W[:, j:] -= err[:, None] * first_rows[j][None, :]
         W[:, j] = torch.where(keep[:, j], W[:, j], 0.0)
     return W, keep

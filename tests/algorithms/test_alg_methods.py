@@ -12,6 +12,7 @@ from prune_job.algorithms import (
     sparsegpt_prune,
     wanda_prune,
 )
+from prune_job.algorithms import sparsegpt
 from prune_job.spec import Pattern
 
 PATTERNS = [None, Pattern(2, 4), Pattern(1, 4), Pattern(4, 8)]
@@ -61,8 +62,9 @@ def test_wanda_matches_brute_force(pattern, seed):
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.parametrize("block_size", [4, 8, 3])
-def test_sparsegpt_matches_naive_obs(pattern, block_size):
+@pytest.mark.parametrize(("block_size", "sub_block"), [(4, 16), (8, 16), (3, 16), (8, 2), (16, 4)])
+def test_sparsegpt_matches_naive_obs(pattern, block_size, sub_block, monkeypatch):
+    monkeypatch.setattr(sparsegpt, "SUB_BLOCK", sub_block)  # rank-1 steps before each GEMM
     rows, cols = 2, 16
     W, X = weight(rows, cols, 5), activations(64, cols, 6)
     X[:, 5] = 0  # one dead input
@@ -75,6 +77,26 @@ def test_sparsegpt_matches_naive_obs(pattern, block_size):
     assert torch.equal(got != 0, keep)
     torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=1e-4)
     assert (got[:, 5] == 0).all()
+
+
+@pytest.mark.parametrize("pattern", [None, Pattern(2, 4)])
+def test_sparsegpt_matches_naive_obs_on_a_wider_layer(pattern):
+    rows, cols = 6, 96  # blocks of 64 and 32 columns, sub-blocks of 16
+    W, X = weight(rows, cols, 11), activations(400, cols, 12)
+    stats = HessianStats(cols)
+    stats.add(X)
+    got = sparsegpt_prune(W, factorise(stats.H, 0.01), 0.5, pattern, 64)
+    expected, keep = sparsegpt_naive(W, stats.H, 0.01, 0.5, pattern, 64)
+    assert torch.equal(got != 0, keep)
+    torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_wanda_runs_from_hessian_statistics():
+    W, X = weight(4, 16, 3), activations(50, 16, 4)
+    hs, ws = HessianStats(16), WandaStats(16)
+    hs.add(X)
+    ws.add(X)
+    assert torch.equal(wanda_prune(W, 0.5, None, hs), wanda_prune(W, 0.5, None, ws))
 
 
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.61])
