@@ -22,7 +22,6 @@ from prune_job import spec as api
 from prune_operator import builders, metrics, reconcile
 from prune_operator.kube import ApiError, Kube, collection_path, object_path
 
-API_RETRY_DELAY = 5
 STATUS_ATTEMPTS = 5
 
 
@@ -137,7 +136,7 @@ def reconcile_prunejob(body: Any, memo: Any, logger: Any, **_: Any) -> None:
     except ApiError as err:
         if 400 <= err.status < 500 and err.status not in (404, 409, 429):
             raise kopf.PermanentError(f"the API server refused: {err}") from None
-        raise kopf.TemporaryError(f"API trouble: {err}", delay=API_RETRY_DELAY) from None
+        raise kopf.TemporaryError(f"API trouble: {err}", delay=memo.config.retry_delay) from None
 
 
 def job_changed(body: Any, memo: Any, logger: Any, type: Optional[str] = None, **_: Any) -> None:

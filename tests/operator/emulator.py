@@ -156,6 +156,7 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         self._info: dict[kmock.resource, dict[str, Any]] = {}
         self._columns: dict[kmock.resource, list[dict[str, Any]]] = {}
         self._schemas: dict[kmock.resource, dict[str, Any]] = {}
+        self._faults: dict[tuple[Optional[str], str], list[int]] = {}
         for resource, kind, namespaced, subresources in BUILTIN_RESOURCES:
             self.declare(resource, kind, namespaced=namespaced, subresources=subresources)
 
@@ -171,6 +172,10 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         api_version = f"{key.group}/{key.version}" if key.group else key.version
         self._info[key] = {"kind": kind, "apiVersion": api_version, "subresources": set(subresources),
                            "namespaced": namespaced}
+
+    def fail(self, plural: str, action: enums.action, times: int, status: int = 500) -> None:
+        """Answer the next `times` such requests with `status` (API trouble, for tests)."""
+        self._faults[(plural, str(action))] = [times, status]
 
     def install_crd(self, crd: dict[str, Any]) -> None:
         """Serve a CRD's resource (each served version) and store the CRD object itself."""
@@ -206,6 +211,10 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         request ever received for each new one: quadratic, and nothing here
         uses reactions.)"""
         action = request.action
+        fault = self._faults.get((getattr(request.resource, "plural", None), str(action)))
+        if fault and fault[0] > 0:
+            fault[0] -= 1
+            raise _status_error(fault[1], "InternalError", "injected fault")
         if request.resource is None or request.resource.plural is None:
             return aiohttp.web.json_response(await self._discovery(request))
         if action == enums.action.WATCH:

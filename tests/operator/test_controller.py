@@ -196,3 +196,23 @@ def test_metrics_count_phases_and_time_handlers(operator, kube, namespace):
     assert REGISTRY.get_sample_value("prune_operator_handler_duration_seconds_count",
                                      {"handler": "prunejob-create"}) >= 1
     assert REGISTRY.get_sample_value("prune_operator_jobs_created_total") >= 1
+
+
+def test_api_trouble_is_a_temporary_error_and_is_retried(api_server, kube, namespace):
+    from kmock import action
+
+    from prune_operator.config import OperatorConfig
+
+    api_server.call(api_server.emulator.fail, "jobs", action.CREATE, 2, 500)
+    before = REGISTRY.get_sample_value("prune_operator_handler_errors_total",
+                                       {"handler": "prunejob-create", "error": "TemporaryError"}) or 0
+    running = OperatorThread(api_server.url, OperatorConfig(job_image="i", retry_delay=0.2), [namespace]).start()
+    try:
+        created(kube, namespace, "flaky-api")
+        wait_for(lambda: get_job(kube, namespace, "flaky-api"), what="the Job after two failed creates")
+    finally:
+        running.stop()
+    after = REGISTRY.get_sample_value("prune_operator_handler_errors_total",
+                                      {"handler": "prunejob-create", "error": "TemporaryError"})
+    assert after - before == 2
+    assert len(jobs(kube, namespace)) == 1
