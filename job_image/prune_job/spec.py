@@ -387,6 +387,8 @@ class EvaluationEnvironment(ApiModel):
     threads: int
     memory_kind: Literal["device", "host-rss"]
     sparse_kernel: Optional[str] = Field(None, description="semi-structured backend used, if any")
+    load_average: Optional[float] = Field(None, description="host 1-minute load average when generation started")
+    cpu_count: Optional[int] = None
 
 
 class ResultsDetail(Results):

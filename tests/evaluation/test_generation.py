@@ -82,3 +82,13 @@ def test_peak_rss_is_measured_on_cpu():
         block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB touched
         del block
     assert peak.bytes > 64 << 20 and peak.method in ("VmHWM", "rss-sampling")
+
+
+def test_busy_host_is_noted():
+    from prune_job.evaluation.driver import busy_host_note
+    from prune_job.spec import EvaluationEnvironment
+
+    env = EvaluationEnvironment(device="cpu", dtype="float32", torch_version="x", threads=2, memory_kind="host-rss",
+                                load_average=9.5, cpu_count=2)
+    assert "load average 9.5 on 2 cores" in busy_host_note(env)
+    assert busy_host_note(env.model_copy(update={"load_average": 1.0})) is None

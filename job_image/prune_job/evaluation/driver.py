@@ -11,6 +11,7 @@ recorded in the results; perplexity is still reported.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -166,7 +167,16 @@ def environment(device: torch.device, dtype: str, kernel: Optional[str]) -> Eval
         device=str(device), device_name=torch.cuda.get_device_name(device) if cuda else None, dtype=dtype,
         torch_version=torch.__version__, threads=torch.get_num_threads(),
         memory_kind="device" if cuda else "host-rss", sparse_kernel=kernel,
+        load_average=os.getloadavg()[0], cpu_count=os.cpu_count(),
     )
+
+
+def busy_host_note(env: EvaluationEnvironment) -> Optional[str]:
+    """CPU timings on a host busier than its core count are mostly noise: say so."""
+    if env.memory_kind == "host-rss" and env.load_average and env.cpu_count and env.load_average > env.cpu_count:
+        return (f"the host was busy (load average {env.load_average:.1f} on {env.cpu_count} cores) when generation "
+                "was timed: CPU figures are noisy")
+    return None
 
 
 def generate(models: Models, job: PruneJob, detail: ResultsDetail) -> None:
@@ -174,6 +184,9 @@ def generate(models: Models, job: PruneJob, detail: ResultsDetail) -> None:
     settings = job.spec.evaluation.generation
     no_kernel = kernels.kernel_unavailable(models.device, DTYPES[models.dtype], job.spec.pruning.nm)
     detail.environment = environment(models.device, models.dtype, None if no_kernel else kernels.backend_name())
+    busy = busy_host_note(detail.environment)
+    if busy and settings.enabled:
+        detail.notes.append(busy)
     if not settings.enabled:
         detail.generation = generation_summary([], "generation benchmark disabled (evaluation.generation.enabled)")
         return
