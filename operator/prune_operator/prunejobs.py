@@ -61,7 +61,7 @@ def follow_suspend(kube: Kube, owner: builders.Owner, spec: api.PruneJobSpec, lo
 
 
 def _failed_pods(kube: Kube, namespace: str, job: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
-    if job is None or reconcile._job_condition(job, "Failed") is None:
+    if job is None or reconcile.job_condition(job, "Failed") is None:
         return []
     selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
     pods = kube.get(collection_path("v1", "pods", namespace), query={"labelSelector": selector})

@@ -51,7 +51,8 @@ def describe_problems(problems: list[tuple[str, str]]) -> str:
 # ---------------------------------------------------------------- Job -> outcome
 
 
-def _job_condition(job: dict[str, Any], kind: str) -> Optional[dict[str, Any]]:
+def job_condition(job: dict[str, Any], kind: str) -> Optional[dict[str, Any]]:
+    """The Job's condition of this type when it is True (Complete, Failed)."""
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == kind and condition.get("status") == "True":
             return condition
@@ -85,7 +86,7 @@ def job_outcome(spec: api.PruneJobSpec, job: Optional[dict[str, Any]], pods: lis
     name = job["metadata"]["name"]
     status = job.get("status") or {}
     start = status.get("startTime")
-    if (done := _job_condition(job, "Complete")) is not None:
+    if (done := job_condition(job, "Complete")) is not None:
         end = status.get("completionTime") or done.get("lastTransitionTime")
         return Outcome("Succeeded", {
             "Accepted": accepted,
@@ -93,7 +94,7 @@ def job_outcome(spec: api.PruneJobSpec, job: Optional[dict[str, Any]], pods: lis
             "Succeeded": ("True", "Completed", f"Job {name} completed; results are in status.results"),
             "Failed": ("False", "Completed", ""),
         }, name, start, end)
-    if (failed := _job_condition(job, "Failed")) is not None:
+    if (failed := job_condition(job, "Failed")) is not None:
         reason = failed.get("reason") or "JobFailed"
         message = f"Job {name} failed: {failed.get('message') or reason}"
         if reason == "DeadlineExceeded":
