@@ -115,9 +115,15 @@ def job_outcome(spec: api.PruneJobSpec, job: Optional[dict[str, Any]], pods: lis
             return Outcome("Suspended", {"Accepted": accepted, "Running": running}, name, start)
         running = ("False", "Queued", f"Job {name} waits for admission by Kueue queue {queue!r}")
         return Outcome("Pending", {"Accepted": accepted, "Running": running}, name, start)
-    if status.get("active") or status.get("ready"):
+    # `ready` (pods running, Kubernetes >= 1.24) tells a started pod from one waiting for a GPU node;
+    # `active` counts both, so it decides only where `ready` is not reported.
+    started = status["ready"] > 0 if status.get("ready") is not None else bool(status.get("active"))
+    if started:
         running = ("True", "JobRunning", f"Job {name} has {status.get('active', 0)} active pod(s)")
         return Outcome("Running", {"Accepted": accepted, "Running": running}, name, start)
+    if status.get("active"):
+        running = ("False", "PodPending", f"Job {name}: its pod is waiting to be scheduled or to start")
+        return Outcome("Pending", {"Accepted": accepted, "Running": running}, name, start)
     running = ("False", "PodPending", f"Job {name} was created; its pod is not running yet")
     return Outcome("Pending", {"Accepted": accepted, "Running": running}, name, start)
 

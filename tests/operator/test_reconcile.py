@@ -41,6 +41,8 @@ def test_no_job_yet_is_pending_and_accepted():
 @pytest.mark.parametrize("job_body, phase, running", [
     (job({"active": 1, "startTime": "2026-05-01T11:30:00Z"}), "Running", ("True", "JobRunning")),
     (job({}), "Pending", ("False", "PodPending")),
+    (job({"active": 1, "ready": 0}), "Pending", ("False", "PodPending")),  # waiting for a GPU node
+    (job({"active": 1, "ready": 1}), "Running", ("True", "JobRunning")),
     (job({"startTime": "t"}, conditions=[("Complete", "", "")]), "Succeeded", ("False", "Completed")),
     (job({}, conditions=[("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]),
      "Failed", ("False", "BackoffLimitExceeded")),
