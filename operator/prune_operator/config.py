@@ -20,6 +20,7 @@ class OperatorConfig:
     scratch_size_limit: Optional[str] = None  # emptyDir sizeLimit, e.g. "200Gi"
     extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. proxies; never secrets
     retry_delay: float = 5.0  # seconds before a handler that met API trouble runs again
+    resync_seconds: float = 60.0  # how often unfinished PruneJobs are re-synced from their Jobs
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "OperatorConfig":

@@ -64,8 +64,9 @@ def build_settings(peering: Optional[str] = None) -> kopf.OperatorSettings:
     return settings
 
 
-def build_memo(configuration: Configuration, config: OperatorConfig) -> kopf.Memo:
-    return kopf.Memo(config=config, kube=Kube(configuration), phases=metrics.PhaseTracker())
+def build_memo(configuration: Configuration, config: OperatorConfig, namespaces: Collection[str] = ()) -> kopf.Memo:
+    return kopf.Memo(config=config, kube=Kube(configuration), phases=metrics.PhaseTracker(),
+                     namespaces=list(namespaces))
 
 
 async def run(
@@ -79,7 +80,7 @@ async def run(
     ready_flag: Any = None,
 ) -> None:
     """Run the operator until `stop_flag` is set (or forever)."""
-    memo = build_memo(configuration, config)
+    memo = build_memo(configuration, config, namespaces)
     try:
         await kopf.operator(
             registry=build_registry(configuration),

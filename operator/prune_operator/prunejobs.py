@@ -5,6 +5,8 @@
   make the Job follow runPolicy.suspend, then sync the status.
 - job-status: every change of a Job we own syncs its PruneJob's status.
 - prunejob-phase: keeps the by-phase metric.
+- prunejob-resync-start/-stop: a background task that re-syncs unfinished
+  PruneJobs every `config.resync_seconds` (a Job event whose sync failed).
 
 Handlers are sync functions (Kopf runs them in its thread pool) and reach the
 API through `memo.kube` (kube.Kube); `memo.config` is the OperatorConfig.
@@ -13,7 +15,10 @@ precondition, and only the controller's fields are written (reconcile.py).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
+import fnmatch
 from typing import Any, Optional
 
 import kopf
@@ -152,6 +157,53 @@ def job_changed(body: Any, memo: Any, logger: Any, type: Optional[str] = None, *
             logger.warning(f"could not sync PruneJob {namespace}/{owner} (attempt {attempt + 1}): {err}")
 
 
+def listing_paths(namespaces: list[str]) -> list[str]:
+    """Where to list PruneJobs: each named namespace, or the cluster (also for glob patterns)."""
+    if namespaces and not any(set(ns) & set("*?[!") for ns in namespaces):
+        return [collection_path(api.API_VERSION, api.PLURAL, ns) for ns in namespaces]
+    return [collection_path(api.API_VERSION, api.PLURAL, None)]
+
+
+def resync_all(kube: Kube, namespaces: list[str], logger: Any) -> int:
+    """Sync the status of every unfinished PruneJob: the safety net for a Job
+    event whose sync failed (e.g. the API server was unreachable)."""
+    synced = 0
+    for path in listing_paths(namespaces):
+        for item in kube.get(path).get("items") or []:
+            meta = item["metadata"]
+            if namespaces and not any(fnmatch.fnmatchcase(meta["namespace"], ns) for ns in namespaces):
+                continue
+            if (item.get("status") or {}).get("phase") in reconcile.TERMINAL:
+                continue
+            sync_status(kube, meta["namespace"], meta["name"], logger)
+            synced += 1
+    return synced
+
+
+async def _resync_forever(memo: Any, logger: Any) -> None:
+    while True:
+        await asyncio.sleep(memo.config.resync_seconds)
+        try:
+            await asyncio.to_thread(resync_all, memo.kube, memo.namespaces, logger)
+        except Exception as err:  # API trouble: the next round tries again
+            metrics.HANDLER_ERRORS.labels("prunejob-resync", type(err).__name__).inc()
+            logger.warning(f"resync of PruneJob statuses failed: {err}")
+
+
+async def start_resync(memo: Any, logger: Any, **_: Any) -> None:
+    """A task, not a Kopf timer: timers need a finalizer on every PruneJob, and a
+    finalizer lets a stopped operator block deletions."""
+    memo.resync = asyncio.get_running_loop().create_task(_resync_forever(memo, logger))
+
+
+async def stop_resync(memo: Any, **_: Any) -> None:
+    task = getattr(memo, "resync", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def observe_phase(body: Any, memo: Any, type: Optional[str] = None, **_: Any) -> None:
     meta = body.get("metadata") or {}
     phase = None if type == "DELETED" else (body.get("status") or {}).get("phase") or "Pending"
@@ -169,3 +221,5 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event("batch", "v1", "jobs", id="job-status", labels={builders.LABEL_PRUNEJOB: kopf.PRESENT},
                   registry=registry)(metrics.instrumented("job-status")(job_changed))
     kopf.on.event(*resource, id="prunejob-phase", registry=registry)(observe_phase)
+    kopf.on.startup(id="prunejob-resync-start", registry=registry)(start_resync)
+    kopf.on.cleanup(id="prunejob-resync-stop", registry=registry)(stop_resync)

@@ -216,3 +216,23 @@ def test_api_trouble_is_a_temporary_error_and_is_retried(api_server, kube, names
                                       {"handler": "prunejob-create", "error": "TemporaryError"})
     assert after - before == 2
     assert len(jobs(kube, namespace)) == 1
+
+
+def test_a_status_sync_that_failed_is_repaired_by_the_resync(api_server, kube, namespace):
+    from kmock import action
+
+    from prune_operator.config import OperatorConfig
+
+    running = OperatorThread(api_server.url, OperatorConfig(job_image="i", resync_seconds=0.3), [namespace]).start()
+    try:
+        created(kube, namespace, "missed")
+        wait_for(lambda: get_job(kube, namespace, "missed"), what="the Job")
+        wait_for(lambda: phase_of(kube, namespace, "missed") == "Pending", what="Pending")
+        # The API server refuses more status writes than the Job event handler's 3 attempts.
+        api_server.call(api_server.emulator.fail, "prunejobs", action.UPDATE, 5, 503)
+        set_job_status(kube, namespace, "missed", {"active": 1, "ready": 1})
+        wait_for(lambda: phase_of(kube, namespace, "missed") == "Running", timeout=20, what="Running after resync")
+    finally:
+        running.stop()
+    assert REGISTRY.get_sample_value("prune_operator_handler_errors_total",
+                                     {"handler": "prunejob-resync", "error": "ApiError"}) >= 1
