@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "prunejob.yaml"
 
 
-def wait_for(probe: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_for(probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll until probe() returns something truthy; fail with its last value."""
     deadline = time.monotonic() + timeout
     value = None
