@@ -206,9 +206,10 @@ def test_factor_matches_definition_and_is_shared():
     assert torch.equal(factor.dead, dead) and torch.equal(factor.U, factor.U.triu())
     U_before = factor.U.clone()
     W1, W2 = weight(5, cols, 1), weight(7, cols, 2)
-    shared = [sparsegpt_prune(W, factor, 0.5, p, 8) for W in (W1, W2) for p in (None, Pattern(2, 4))]
+    cases = [(W, p) for W in (W1, W2) for p in (None, Pattern(2, 4))]
+    shared = [sparsegpt_prune(W, factor, 0.5, p, 8) for W, p in cases]
     assert torch.equal(factor.U, U_before)  # the Factor is not mutated
-    separate = [sparsegpt_prune(W, factorise(stats.H, 0.05), 0.5, p, 8) for W in (W1, W2) for p in (None, Pattern(2, 4))]
+    separate = [sparsegpt_prune(W, factorise(stats.H, 0.05), 0.5, p, 8) for W, p in cases]
     for a, b in zip(shared, separate):
         assert torch.equal(a, b)
 

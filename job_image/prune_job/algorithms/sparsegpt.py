@@ -196,7 +196,16 @@ def _prune_block(
     return ErrT
 
 
-def _solve_columns(WT1, U1, d, ErrT, mask: _BlockMask, pattern: Optional[Pattern], j1: int, j2: int) -> None:
+def _solve_columns(
+    WT1: torch.Tensor,
+    U1: torch.Tensor,
+    d: torch.Tensor,
+    ErrT: torch.Tensor,
+    mask: _BlockMask,
+    pattern: Optional[Pattern],
+    j1: int,
+    j2: int,
+) -> None:
     """Columns j1..j2 one at a time: choose N:M groups at their start, record the error,
     push it onto the following columns of the sub-block."""
     for i in range(j1, j2):
