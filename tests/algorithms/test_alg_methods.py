@@ -220,3 +220,12 @@ def test_factorise_overwrite_reuses_the_hessian_buffer():
     expected = factorise(stats.H, 0.01)
     got = factorise(stats.H, 0.01, overwrite=True)
     assert torch.equal(got.U, expected.U)
+
+
+def test_hessian_running_mean_stays_accurate_over_many_batches():
+    X = activations(4000, 8, 13) + 3.0  # non-zero mean: large, correlated entries
+    stats = HessianStats(8)
+    for chunk in X.split(2):  # 2000 tiny batches
+        stats.add(chunk)
+    expected = 2.0 / X.shape[0] * (X.double().T @ X.double())
+    torch.testing.assert_close(stats.H.double(), expected, rtol=1e-4, atol=1e-4)
