@@ -26,6 +26,7 @@ test: $(STAMP)
 
 crds: $(STAMP)
 	$(BIN)/python -m prune_operator.crdgen crds/
+	$(BIN)/python -m prune_operator.chartfiles charts/prune-operator
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -23,7 +23,7 @@ from prune_job.sources import is_remote, output_dir, resolve_model
 from prune_job.spec import CalibrationUsed, LayerSparsity, PruneJob, ResultsDetail
 
 log = logging.getLogger(__name__)
-TOKENS_PER_BATCH = 8192
+TOKENS_PER_BATCH = 4096  # activations of one micro-batch bound the transient peak
 COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
 

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+from prune_job.pipeline.memory import release_freed_memory
 from prune_job.spec import SpecError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -201,6 +202,7 @@ class ModelHandle:
         module = self.model.get_submodule(prefix)
         for n, _ in list(module.named_parameters()):
             set_module_tensor_to_device(self.model, f"{prefix}.{n}", "meta")
+        release_freed_memory()
 
     def state_keys(self, prefix: str) -> list[str]:
         """Checkpoint keys of a module tree, as the source stored them."""
