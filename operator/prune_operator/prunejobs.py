@@ -131,11 +131,13 @@ def reconcile_prunejob(body: Any, memo: Any, logger: Any, **_: Any) -> None:
         if problems:
             sync_status(memo.kube, namespace, name, logger)
             raise kopf.PermanentError(f"invalid spec: {reconcile.describe_problems(problems)}")
-        if (body.get("status") or {}).get("phase") in reconcile.TERMINAL:
+        status = body.get("status") or {}
+        if status.get("phase") in reconcile.TERMINAL:
             return  # ran once; never re-create a Job that its TTL has removed
         spec = api.parse_spec(raw_spec)
         owner = builders.Owner.from_body(body)
-        ensure_children(memo.kube, owner, raw_spec, spec, memo.config, logger)
+        if not status.get("jobName"):  # once the Job was seen, a missing Job means it was deleted: not re-created
+            ensure_children(memo.kube, owner, raw_spec, spec, memo.config, logger)
         follow_suspend(memo.kube, owner, spec, logger)
         sync_status(memo.kube, namespace, name, logger)
     except ApiError as err:

@@ -128,6 +128,18 @@ def job_outcome(spec: api.PruneJobSpec, job: Optional[dict[str, Any]], pods: lis
     return Outcome("Pending", {"Accepted": accepted, "Running": running}, name, start)
 
 
+def job_deleted_outcome(job_name: str) -> Outcome:
+    """The Job we created (status.jobName) is gone before it finished: the run is lost,
+    and a PruneJob runs once, so it is not re-created."""
+    message = f"Job {job_name} was deleted before it finished; create a new PruneJob to run again"
+    return Outcome("Failed", {
+        "Accepted": ("True", "Valid", "the spec is valid"),
+        "Running": ("False", "JobDeleted", message),
+        "Succeeded": ("False", "JobDeleted", ""),
+        "Failed": ("True", "JobDeleted", message),
+    }, job_name)
+
+
 def invalid_outcome(problems: list[tuple[str, str]]) -> Outcome:
     message = describe_problems(problems)
     return Outcome("Failed", {
@@ -183,6 +195,8 @@ def desired_status(
     problems = spec_problems(prunejob.get("spec"))
     if problems:
         outcome = invalid_outcome(problems)
+    elif job is None and current.get("jobName"):
+        outcome = job_deleted_outcome(current["jobName"])
     else:
         outcome = job_outcome(api.parse_spec(prunejob["spec"]), job, pods)
     generation = meta.get("generation")

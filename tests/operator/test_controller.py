@@ -236,3 +236,24 @@ def test_a_status_sync_that_failed_is_repaired_by_the_resync(api_server, kube, n
         running.stop()
     assert REGISTRY.get_sample_value("prune_operator_handler_errors_total",
                                      {"handler": "prunejob-resync", "error": "ApiError"}) >= 1
+
+
+def test_a_job_deleted_mid_run_fails_the_prunejob_and_is_not_recreated(api_server, kube, namespace):
+    first = OperatorThread(api_server.url, namespaces=[namespace]).start()
+    try:
+        for name in ("cut", "cut-offline"):
+            created(kube, namespace, name)
+            wait_for(lambda: status_of(kube, namespace, name).get("jobName"), what="jobName")
+        kube.request("DELETE", object_path("batch/v1", "jobs", namespace, "cut"))  # while the operator runs
+        wait_for(lambda: phase_of(kube, namespace, "cut") == "Failed", what="Failed")
+    finally:
+        first.stop()
+    kube.request("DELETE", object_path("batch/v1", "jobs", namespace, "cut-offline"))  # while it is down
+    second = OperatorThread(api_server.url, namespaces=[namespace]).start()
+    try:
+        wait_for(lambda: phase_of(kube, namespace, "cut-offline") == "Failed", what="Failed after restart")
+    finally:
+        second.stop()
+    for name in ("cut", "cut-offline"):
+        assert condition(status_of(kube, namespace, name), "Failed")["reason"] == "JobDeleted"
+    assert jobs(kube, namespace) == []

@@ -112,3 +112,10 @@ def test_worker_fields_are_never_written():
     current = {"phase": "Running", "progress": {"stage": "pruning"}, "results": {"sparsity": 0.5}}
     status, _ = reconcile.desired_status(prunejob(status=current), job({"active": 1}), [], NOW)
     assert set(status) <= set(reconcile.CONTROLLER_FIELDS)
+
+
+def test_a_deleted_job_fails_the_prunejob():
+    running = {"phase": "Running", "jobName": "pj", "conditions": []}
+    status, events = reconcile.desired_status(prunejob(status=running), None, [], NOW)
+    assert status["phase"] == "Failed" and conds(status)["Failed"] == ("True", "JobDeleted")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "JobDeleted")]
