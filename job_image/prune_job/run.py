@@ -127,7 +127,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     (out_dir / "results.json").write_text(detail.model_dump_json(by_alias=True, indent=2))
     if uploader is not None:
         progress.stage("uploading")
-        uploader(out_dir / "results.json")
+        uploader.sync()  # results.json, report.md and plots written after the checkpoint
         uploader.close()
     progress.stage("done")
     reporter.results(detail.summary())

@@ -89,7 +89,7 @@ class Method:
 
     def prune_group(self, group: Group) -> None:
         p = self.p
-        factor = algorithms.factorise(group.stats.H, p.dampening) if p.method == "sparsegpt" else None
+        factor = algorithms.factorise(group.stats.H, p.dampening, overwrite=True) if p.method == "sparsegpt" else None
         for t in group.members:
             w = t.get_weight()
             if p.method == "magnitude":

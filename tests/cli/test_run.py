@@ -1,0 +1,38 @@
+"""`prune-job run` end to end on a tiny model: output folder, results.json, status block."""
+import json
+
+import yaml
+from transformers import AutoModelForCausalLM
+
+from prune_job.cli import main
+
+
+def job(tmp_path, model, **spec):
+    doc = {"apiVersion": "pruning.dev/v1alpha1", "kind": "PruneJob", "metadata": {"name": "tiny"},
+           "spec": {"model": {"uri": str(model)}, "output": {"uri": str(tmp_path / "out"), "format": "dense"},
+                    **spec}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_run_dense_output_loads_and_reports(tmp_path, capsys, tiny_model_factory):
+    model = tiny_model_factory("llama")
+    ids = tmp_path / "calib.jsonl"
+    ids.write_text("\n".join(json.dumps({"input_ids": list(range(i, i + 16))}) for i in range(8)))
+    spec = job(tmp_path, model,
+               pruning={"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4", "blockSize": 16},
+               calibration={"uri": str(ids), "samples": 8, "sequenceLength": 16},
+               evaluation={"enabled": False})
+    assert main(["run", str(spec), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    status = yaml.safe_load(out[out.index("status:"):])["status"]
+    assert status["phase"] == "Succeeded" and abs(status["results"]["sparsity"] - 0.5) < 1e-9
+
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results["layers"]) == 14 and results["seconds"]["prune"] > 0
+    assert results["memory"]["peakHostBytes"] > 0 and results["calibration"]["samples"] == 8
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    w = pruned.model.layers[1].mlp.down_proj.weight
+    assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) == 2).all()
