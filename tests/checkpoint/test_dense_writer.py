@@ -62,7 +62,15 @@ def test_manifest_lists_every_file_with_sha256(tiny_model_factory, tmp_path):
     assert names == on_disk
     for f in doc["files"]:
         assert sha256_file(tmp_path / f["name"]) == f["sha256"] and (tmp_path / f["name"]).stat().st_size == f["size"]
-    assert doc["configSha256"] == sha256_file(tmp_path / "config.json")
+    assert doc["configSha256"] == sha256_file(tiny_model_factory("llama") / "config.json")  # the source's
+
+
+def test_config_dtype_is_the_stored_one(tiny_model_factory, tmp_path):
+    src = tiny_model_factory("llama")  # saved in float32
+    write_model(src, tmp_path, "dense", dtype=torch.bfloat16)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)  # no dtype argument
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
 
 
 def test_bytes_reach_disk_at_once_and_memory_stays_flat(tmp_path):

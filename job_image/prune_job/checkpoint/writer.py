@@ -6,14 +6,16 @@
     summary = w.finish(manifest_fields)
 
 Shards are written as `model-0000N.safetensors` while tensors arrive and
-renamed `model-0000N-of-0000M.safetensors` by `finish`, which then writes the
-index and, last, `manifest.json`. `on_file_written(path)` is called for every
-finished file: each shard as it closes (so an upload can start while later
-blocks are still being pruned), again under its final name after the rename,
-then every other file, the manifest last.
+renamed `model-0000N-of-0000M.safetensors` by `finish`, which then sets
+config.json's dtype to the stored one, writes the index and, last,
+`manifest.json`. `on_file_written(path)` is called for every finished file:
+each shard as it closes (so an upload can start while later blocks are still
+being pruned), again under its final name after the rename, then the add_file
+files, the index, and the manifest last.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -73,6 +75,8 @@ class CheckpointWriter:
         self._weight_map: dict[str, int] = {}  # stored tensor name -> shard number (1-based)
         self._tensors: dict[str, dict[str, Any]] = {}  # original name -> encoding info (compressed)
         self._files: list[str] = []  # add_file names
+        self._config_sha: Optional[str] = None  # of config.json as handed over (the source's)
+        self._float_dtype: Optional[torch.dtype] = None  # of the first floating-point tensor
         self.tensor_bytes = 0
         self.dense_tensor_bytes = 0
         self.encodings: dict[str, int] = {}
@@ -98,6 +102,8 @@ class CheckpointWriter:
         self.dense_tensor_bytes += tensor.numel() * tensor.element_size()
         kind = enc.info["encoding"]
         self.encodings[kind] = self.encodings.get(kind, 0) + 1
+        if self._float_dtype is None and tensor.is_floating_point():
+            self._float_dtype = tensor.dtype
 
     def _shard_for(self, size: int) -> ShardFile:
         if self._shard is not None and self._shard.entries and self._shard.nbytes + size > self.max_shard_bytes:
@@ -116,7 +122,9 @@ class CheckpointWriter:
 
     # -- other files -----------------------------------------------------------------------------
     def add_file(self, relative_name: str, content: Union[str, Path, bytes]) -> None:
-        """Copy a file (or write bytes) into the checkpoint, e.g. config.json or tokenizer files."""
+        """Copy a file (or write bytes) into the checkpoint, e.g. config.json or tokenizer files.
+        They are handed to `on_file_written` by `finish`, after config.json's dtype is set to the
+        stored one (so `from_pretrained` loads a bfloat16 checkpoint as bfloat16)."""
         self._check_open()
         rel = Path(relative_name)
         if rel.is_absolute() or ".." in rel.parts or rel.name in (MANIFEST, DENSE_INDEX, COMPRESSED_INDEX):
@@ -129,7 +137,8 @@ class CheckpointWriter:
         tmp.replace(target)
         if rel.as_posix() not in self._files:
             self._files.append(rel.as_posix())
-        self._notify(target)
+        if rel.as_posix() == "config.json":
+            self._config_sha = hashlib.sha256(data).hexdigest()
 
     # -- the end ---------------------------------------------------------------------------------
     def finish(self, manifest_fields: Optional[dict[str, Any]] = None) -> WriteSummary:
@@ -140,6 +149,9 @@ class CheckpointWriter:
         names = self._rename_shards()
         for name in names:
             self._notify(self.directory / name)
+        self._set_config_dtype()
+        for name in self._files:
+            self._notify(self.directory / name)
         index_name = self._write_index(names)
         self._notify(self.directory / index_name)
         entries = [file_entry(self.directory, n) for n in [*names, index_name, *self._files]]
@@ -147,6 +159,24 @@ class CheckpointWriter:
         self._finished = True
         self._notify(manifest)
         return self._summary(entries, manifest)
+
+    def _set_config_dtype(self) -> None:
+        path = self.directory / "config.json"
+        if "config.json" not in self._files or self._float_dtype is None:
+            return
+        try:
+            config = json.loads(path.read_text())
+        except ValueError:
+            return  # not ours to judge; transformers will say what is wrong with it
+        name = str(self._float_dtype).removeprefix("torch.")
+        keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["dtype"]
+        if all(config.get(k) == name for k in keys):
+            return
+        for k in keys:
+            config[k] = name
+        tmp = path.with_name("config.json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
 
     def _rename_shards(self) -> list[str]:
         total = len(self._closed)
@@ -176,8 +206,8 @@ class CheckpointWriter:
             "format": self.format,
             "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if "config.json" in self._files:
-            doc["configSha256"] = file_entry(self.directory, "config.json").sha256
+        if self._config_sha is not None:
+            doc["configSha256"] = self._config_sha  # the source's config.json, before its dtype was set
         doc.update(fields)
         doc["tensors"] = {"bytes": self.tensor_bytes, "denseBytes": self.dense_tensor_bytes,
                           "encodings": dict(sorted(self.encodings.items()))}
