@@ -156,7 +156,7 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         self._info: dict[kmock.resource, dict[str, Any]] = {}
         self._columns: dict[kmock.resource, list[dict[str, Any]]] = {}
         self._schemas: dict[kmock.resource, dict[str, Any]] = {}
-        self._faults: dict[tuple[Optional[str], str], list[int]] = {}
+        self._faults: dict[tuple[Optional[str], str, Optional[str]], list[int]] = {}
         for resource, kind, namespaced, subresources in BUILTIN_RESOURCES:
             self.declare(resource, kind, namespaced=namespaced, subresources=subresources)
 
@@ -173,9 +173,10 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         self._info[key] = {"kind": kind, "apiVersion": api_version, "subresources": set(subresources),
                            "namespaced": namespaced}
 
-    def fail(self, plural: str, action: enums.action, times: int, status: int = 500) -> None:
+    def fail(self, plural: str, action: enums.action, times: int, status: int = 500,
+             subresource: Optional[str] = None) -> None:
         """Answer the next `times` such requests with `status` (API trouble, for tests)."""
-        self._faults[(plural, str(action))] = [times, status]
+        self._faults[(plural, str(action), subresource)] = [times, status]
 
     def install_crd(self, crd: dict[str, Any]) -> None:
         """Serve a CRD's resource (each served version) and store the CRD object itself."""
@@ -211,7 +212,7 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         request ever received for each new one: quadratic, and nothing here
         uses reactions.)"""
         action = request.action
-        fault = self._faults.get((getattr(request.resource, "plural", None), str(action)))
+        fault = self._faults.get((getattr(request.resource, "plural", None), str(action), request.subresource))
         if fault and fault[0] > 0:
             fault[0] -= 1
             raise _status_error(fault[1], "InternalError", "injected fault")

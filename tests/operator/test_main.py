@@ -51,7 +51,11 @@ def test_process_serves_metrics_and_liveness_and_stops_on_sigterm(api_server, ku
         create_prunejob(kube, prunejob("via-process", namespace))
         job = wait_for(lambda: get_job(kube, namespace, "via-process"), timeout=60, what="the Job")
         assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/prune-job:9"
-        status, text = wait_for(lambda: fetch(f"http://127.0.0.1:{metrics_port}/metrics"), what="/metrics")
+        def metrics():
+            answer = fetch(f"http://127.0.0.1:{metrics_port}/metrics")
+            return answer if answer and "prune_operator_jobs_created_total 1.0" in answer[1] else None
+
+        status, text = wait_for(metrics, what="/metrics counting the Job")  # counted just after the create
         assert status == 200
         for name in ("prune_operator_prunejobs", "prune_operator_handler_duration_seconds",
                      "prune_operator_handler_errors_total", "prune_operator_jobs_created_total 1.0"):
