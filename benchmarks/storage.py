@@ -122,26 +122,24 @@ def sizes(work: Path) -> list[dict]:
     rows = []
     for dtype in (torch.bfloat16, torch.float16):
         for label, pattern in (("50% unstructured", None), ("2:4", Pattern(2, 4))):
-            out = {}
-            for fmt in ("dense", "compressed"):
-                folder = work / f"{fmt}-{label.replace(' ', '-').replace('%', '').replace(':', '-')}-{dtype}"
-                writer = CheckpointWriter(folder, format=fmt)
-                with safe_open(shard, framework="pt") as f:
-                    for key in f.keys():
-                        t = f.get_tensor(key).to(dtype)
-                        target = key.endswith(".weight") and key.split(".")[-2] in LINEAR
-                        if target:
-                            t = magnitude_prune(t, 0.5, pattern)
-                        writer.add(key, t, pattern=pattern if target else None, pruned=target)
+            tag = f"{label.replace(' ', '-').replace('%', '').replace(':', '-')}-{str(dtype).removeprefix('torch.')}"
+            writers = {fmt: CheckpointWriter(work / f"{fmt}-{tag}", format=fmt) for fmt in ("dense", "compressed")}
+            with safe_open(shard, framework="pt") as f:
+                for key in f.keys():  # one tensor at a time, pruned once, written in both formats
+                    t = f.get_tensor(key).to(dtype)
+                    target = key.endswith(".weight") and key.split(".")[-2] in LINEAR
+                    if target:
+                        t = magnitude_prune(t, 0.5, pattern)
+                    for w in writers.values():
+                        w.add(key, t, pattern=pattern if target else None, pruned=target)
+            summaries = {}
+            for fmt, w in writers.items():
                 for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
                     if (src / name).is_file():
-                        writer.add_file(name, src / name)
-                summary = writer.finish({"source": {"uri": "builtin:smollm2-135m", "dtype": str(dtype)}})
-                out[fmt] = (summary, folder)
-                if fmt == "compressed":
-                    out["linear"] = linear_bytes(folder)
-            dense, comp = out["dense"][0], out["compressed"][0]
-            lin_dense, lin_comp = out["linear"]
+                        w.add_file(name, src / name)
+                summaries[fmt] = w.finish({"source": {"uri": "builtin:smollm2-135m", "dtype": str(dtype)}})
+            dense, comp = summaries["dense"], summaries["compressed"]
+            lin_dense, lin_comp = linear_bytes(work / f"compressed-{tag}")
             rows.append({
                 "dtype": str(dtype).removeprefix("torch."), "pattern": label,
                 "linear_dense_bytes": lin_dense, "linear_compressed_bytes": lin_comp,
@@ -150,8 +148,8 @@ def sizes(work: Path) -> list[dict]:
                 "checkpoint_ratio": comp.bytes / dense.bytes,
                 "shard_dense_bytes": dense.tensor_bytes, "shard_compressed_bytes": comp.tensor_bytes,
             })
-            for summary, folder in (out["dense"], out["compressed"]):
-                shutil.rmtree(folder)
+            for w in writers.values():
+                shutil.rmtree(w.directory)
     return rows
 
 
