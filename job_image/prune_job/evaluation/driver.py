@@ -23,6 +23,7 @@ from torch import nn
 
 from prune_job.data import micro_batches, read_source, token_windows
 from prune_job.evaluation import generation, kernels, sparsity
+from prune_job.evaluation.memory import release_freed_host_memory
 from prune_job.evaluation.perplexity import Perplexity, increase_percent
 from prune_job.evaluation.report import write_report
 from prune_job.evaluation.summary import cost_summary, generation_summary
@@ -190,6 +191,7 @@ def generate(models: Models, job: PruneJob, detail: ResultsDetail) -> None:
     if not settings.enabled:
         detail.generation = generation_summary([], "generation benchmark disabled (evaluation.generation.enabled)")
         return
+    _free(models.device)  # what perplexity freed is not counted in generation's peak memory
     skipped = _model_does_not_fit(models, settings)
     variants = ["dense", "sparse"] + ([] if no_kernel else ["sparse-kernel"])
     runs: list[GenerationRun] = []
@@ -242,4 +244,5 @@ def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    release_freed_host_memory()
 
