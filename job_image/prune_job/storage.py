@@ -265,11 +265,11 @@ class S3Store:
         self.client.put_object(bucket, key, io.BytesIO(data), len(data), metadata={SHA_META: sha256})
 
     def _multipart(self, fd: int, size: int, bucket: str, key: str, sha256: str,
-                   on_bytes: Optional[Callable[[int], None]]) -> Transfer:
+                   on_bytes: Optional[Callable[[int], None]], resume: bool = True) -> Transfer:
         from minio.datatypes import Part
 
         ranges = [(n + 1, off, min(self.part_size, size - off)) for n, off in enumerate(range(0, size, self.part_size))]
-        upload_id, done = self._resumable(fd, bucket, key, ranges)
+        upload_id, done = self._resumable(fd, bucket, key, ranges) if resume else (None, {})
         if upload_id is None:
             headers = {"Content-Type": "application/octet-stream", SHA_META: sha256}
             upload_id = self._call("starting upload of", lambda: self.client._create_multipart_upload(
@@ -291,6 +291,13 @@ class S3Store:
         self._call("completing upload of", lambda: self.client._complete_multipart_upload(
             bucket, key, upload_id, parts), bucket, key)
         sent = sum(length for _, _, length in todo)
+        if done and (self.head(bucket, key) or (0, None))[1] != sha256:
+            # the bytes are ours (every reused part matched its MD5), but the upload was started for an
+            # earlier version of the file and carries its sha256: send it again, whole, to record ours
+            log.warning("s3://%s/%s: resumed upload recorded another file's sha256; uploading it again", bucket, key)
+            self.remove(bucket, key)
+            again = self._multipart(fd, size, bucket, key, sha256, on_bytes, resume=False)
+            return Transfer(key, size, sent + again.bytes_sent, "sent")
         return Transfer(key, size, sent, "resumed" if done else "sent")
 
     def _resumable(self, fd: int, bucket: str, key: str,
@@ -304,8 +311,7 @@ class S3Store:
             return None, {}
         upload_id = candidates[0].upload_id
         try:
-            remote = self._call("listing parts of", lambda: self.client._list_parts(
-                bucket, key, upload_id, max_parts=10000).parts, bucket, key)
+            remote = self._list_parts(bucket, key, upload_id)
         except ObjectNotFound:
             return None, {}
         by_number = {n: (off, length) for n, off, length in ranges}
@@ -317,6 +323,16 @@ class S3Store:
                     done[p.part_number] = p.etag.strip('"')
         log.info("resuming s3://%s/%s: %d of %d parts already there", bucket, key, len(done), len(ranges))
         return upload_id, done
+
+    def _list_parts(self, bucket: str, key: str, upload_id: str) -> list[Any]:
+        parts, marker = [], None
+        while True:
+            page = self._call("listing parts of", lambda: self.client._list_parts(
+                bucket, key, upload_id, max_parts=1000, part_number_marker=marker), bucket, key)
+            parts += page.parts
+            if not page.is_truncated or not page.next_part_number_marker:
+                return parts
+            marker = page.next_part_number_marker
 
     def _parallel(self, fn: Callable[[Any], T], items: list[Any]) -> list[T]:
         futures = [self._pool.submit(fn, item) for item in items]

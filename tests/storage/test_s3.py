@@ -1,7 +1,7 @@
 """Storage against a real S3 server (nanio): round trips, resume, caching, and clear errors."""
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import subprocess
 import sys
@@ -197,3 +197,20 @@ def test_endpoint_from_environment():
     with pytest.raises(storage.StorageError, match="AWS_ENDPOINT_URL"):
         storage.S3Config.from_env({"AWS_ENDPOINT_URL": "ftp://x/y"})
     assert storage.parse_s3_uri("s3://b/p/q/") == ("b", "p/q")
+
+
+def test_resumed_upload_started_for_another_version_records_our_sha256(s3_env, bucket, tmp_path):
+    """Parts are reused only when their MD5 matches; the sha256 recorded must still be this file's."""
+    store = storage.S3Store(part_size=5 << 20, workers=2)
+    data = os.urandom(12 << 20)
+    old_version = data[: 10 << 20] + os.urandom(2 << 20)  # same first two parts, different tail
+    headers = {"Content-Type": "application/octet-stream", storage.SHA_META: "0" * 64}
+    upload_id = store.client._create_multipart_upload(bucket, "f.bin", headers)
+    store.client._upload_part(bucket, "f.bin", old_version[: 5 << 20], None, upload_id, 1)
+    (tmp_path / "f.bin").write_bytes(data)
+    transfer = storage.S3Store(part_size=5 << 20).upload(tmp_path / "f.bin", bucket, "f.bin")
+    size, sha, _ = store.head(bucket, "f.bin")
+    assert size == len(data) and sha == hashlib.sha256(data).hexdigest()
+    assert transfer.action == "sent"
+    got = store.download(bucket, "f.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data and got.size == len(data)
