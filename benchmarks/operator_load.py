@@ -53,6 +53,12 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process (its cost, whatever else the machine runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,6 +104,7 @@ def main() -> int:
     try:
         wait_http(liveness, 60, proc)
         rss_idle = peak_rss(proc.pid)
+        cpu_idle = cpu_seconds(proc.pid)
         names = [f"pj-{i:04d}" for i in range(args.count)]
         started = time.monotonic()
         with ThreadPoolExecutor(args.workers) as pool:
@@ -119,6 +126,7 @@ def main() -> int:
                     break
             time.sleep(0.2)
         peak = max(peak, peak_rss(proc.pid))
+        cpu_load = cpu_seconds(proc.pid) - cpu_idle
         jobs = kube.get(collection_path("batch/v1", "jobs", namespace))["items"]
         requests = server.requests()
         job_posts = [r for r in requests if str(r.method.value) == "POST" and r.url.path.endswith("/jobs")]
@@ -139,6 +147,7 @@ def main() -> int:
         "seconds_until_every_status_is_written": None if statuses_at is None else round(statuses_at, 2),
         "jobs_created": len(jobs),
         "job_create_requests": len(job_posts),
+        "operator_cpu_seconds_for_the_load": round(cpu_load, 2),
         "operator_peak_rss_mib": round(peak / 2**20, 1),
         "operator_rss_before_load_mib": round(rss_idle / 2**20, 1),
         "cpu_count": os.cpu_count(),
