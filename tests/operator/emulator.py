@@ -14,10 +14,16 @@ what an API server does and Kopf relies on:
 - watch streams subscribe to the event bus *before* listing, so that no event
   between the initial listing and the subscription is lost;
 - label selectors (equality and existence) on lists and watches;
-- owner-reference garbage collection (background) on delete;
+- owner-reference garbage collection (background) on delete, and of orphans;
 - CRDs installed from the generated YAML: discovery (kind, short names,
-  categories, subresources) and server-side Tables with the CRD's printer
-  columns, so that `kubectl get pj` shows them.
+  categories; subresources listed without them, unlike kmock, so that `pj` is
+  not ambiguous), structural defaulting, and server-side Tables with the CRD's
+  printer columns, so that `kubectl get pj` shows them;
+- `/api/v1/namespaces[/NAME]` parsed as the Namespace resource (kmock 0.8
+  reads it as a namespace prefix and fails on the bare collection);
+- requests served directly: kmock's reaction matching re-filters every request
+  ever received for each new one (quadratic; nothing here uses reactions);
+- `fail(plural, action, times, status, subresource)`: injected API trouble.
 
 It runs in its own thread with its own event loop (`EmulatorThread`).
 """
@@ -531,7 +537,3 @@ class EmulatorThread:
         if self._stopping is not None:
             self.loop.call_soon_threadsafe(self._stopping.set)
         self.thread.join(30)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True, default=str)
