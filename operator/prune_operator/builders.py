@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -313,6 +313,3 @@ def suspend_patch(job_body: Any, want_suspended: bool, queued: bool) -> Optional
         return patch
     return None
 
-
-def iter_kinds(objects: Iterable[dict[str, Any]]) -> list[str]:
-    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects]

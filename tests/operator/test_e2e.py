@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT, OperatorThread, pod_identity, wait_for
+from conftest import ROOT, OperatorThread, configuration, pod_identity, wait_for
 from kubeutil import (create_prunejob, get_job, job_condition, phase_of, prunejob, requests_with_token,
                       set_job_status, status_of)
-from prune_operator import builders, rbac
-from prune_operator.kube import Kube, collection_path, object_path
+from prune_operator import rbac
+from prune_operator.kube import Kube, object_path
 
 sys.path.insert(0, str(ROOT / "tests"))
 from storage.conftest import NanioServer  # noqa: E402  (the storage tests' S3 server)
@@ -113,7 +113,7 @@ def kubectl_get_pj(server_url: str, namespace: str, directory: Path) -> str:
 
 
 def test_prunejob_end_to_end(tls_api_server, tls_files, s3, tiny_model_factory, tmp_path):
-    kube = Kube(_configuration(tls_api_server.url))
+    kube = Kube(configuration(tls_api_server.url))
     namespace = "e2e"
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     bucket = s3.make_bucket()
@@ -188,9 +188,3 @@ def test_kubectl_get_pj_shows_the_printer_columns(api_server, kube, namespace, t
     assert header.split() == ["NAME", "MODEL", "METHOD", "PATTERN", "SPARSITY", "PHASE", "PROGRESS", "PPL", "Δ%", "AGE"]
     assert row.split()[:8] == ["smollm2-sparsegpt-50", "s3://models/tiny-llama/", "sparsegpt", "2:4", "0.5",
                                "Running", "12/30", "15.7"]
-
-
-def _configuration(url: str):
-    from conftest import configuration
-
-    return configuration(url)
