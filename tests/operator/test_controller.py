@@ -260,3 +260,26 @@ def test_a_job_deleted_mid_run_fails_the_prunejob_and_is_not_recreated(api_serve
     for name in ("cut", "cut-offline"):
         assert condition(status_of(kube, namespace, name), "Failed")["reason"] == "JobDeleted"
     assert jobs(kube, namespace) == []
+
+
+def test_the_controller_never_resumes_a_job_that_kueue_suspended(operator, kube, namespace):
+    created(kube, namespace, "queued", runPolicy={"queueName": "gpus"})
+    wait_for(lambda: get_job(kube, namespace, "queued"), what="the Job")
+    job_path = object_path("batch/v1", "jobs", namespace, "queued")
+    assert get_job(kube, namespace, "queued")["spec"]["suspend"] is True
+    assert condition(status_of(kube, namespace, "queued"), "Running")["reason"] == "Queued"
+    kube.merge_patch(job_path, {"spec": {"suspend": False}})  # Kueue admits the workload
+    set_job_status(kube, namespace, "queued", {"active": 1, "ready": 1})
+    wait_for(lambda: phase_of(kube, namespace, "queued") == "Running", what="Running once admitted")
+    pj_path = object_path(*PJ, namespace, "queued")
+    kube.merge_patch(pj_path, {"spec": {"runPolicy": {"suspend": True}}})  # the user pauses it
+    wait_for(lambda: get_job(kube, namespace, "queued")["spec"]["suspend"] is True, what="suspended by us")
+    set_job_status(kube, namespace, "queued", {"active": 0, "ready": 0})
+    wait_for(lambda: phase_of(kube, namespace, "queued") == "Suspended", what="Suspended")
+    kube.merge_patch(pj_path, {"spec": {"runPolicy": {"suspend": False}}})  # ...and resumes: Kueue re-admits
+    wait_for(lambda: "pruning.dev/suspended-by" not in (get_job(kube, namespace, "queued")["metadata"]
+                                                        .get("annotations") or {}), what="our mark dropped")
+    assert get_job(kube, namespace, "queued")["spec"]["suspend"] is True  # not un-suspended by the controller
+    wait_for(lambda: condition(status_of(kube, namespace, "queued"), "Running").get("reason") == "Queued",
+             what="Pending in the queue again")
+    assert phase_of(kube, namespace, "queued") == "Pending"
