@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gb", type=float, default=1.0, help="checkpoint size for the throughput part")
     p.add_argument("--shard-mb", type=int, default=256)
     p.add_argument("--part-mb", type=int, default=32)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--workers", type=int, default=None, help="parts in flight (default: 2 per CPU, at most 8)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-sizes", action="store_true")
@@ -97,13 +97,14 @@ def throughput(a: argparse.Namespace, work: Path) -> dict:
             best["ours_down"] = min(best["ours_down"], timed(
                 lambda: storage.fetch_model(f"s3://{bucket}/{prefix}/ours/", down / "ours", store)))
             shutil.rmtree(down)
+            workers = store.workers
             store.close()
     finally:
         server.stop()
     mbps = {k: size / MB / v for k, v in best.items()}
     return {"bytes": size, "files": len(files), "seconds": best, "MBps": mbps,
             "upload_ratio": mbps["ours_up"] / mbps["sdk_up"], "download_ratio": mbps["ours_down"] / mbps["sdk_down"],
-            "settings": {"part_mb": a.part_mb, "workers": a.workers, "shard_mb": a.shard_mb, "repeat": a.repeat}}
+            "settings": {"part_mb": a.part_mb, "workers": workers, "shard_mb": a.shard_mb, "repeat": a.repeat}}
 
 
 # -- sizes -------------------------------------------------------------------------------------------
@@ -184,8 +185,8 @@ def main(argv=None) -> int:
         if not a.skip_throughput:
             t = throughput(a, work)
             result["throughput"] = t
-            print(f"\n{t['bytes'] / MB:.0f} MB in {t['files']} files, loopback nanio, load average "
-                  f"{result['loadavg'][0]:.1f} on {result['cpus']} CPUs")
+            print(f"\n{t['bytes'] / MB:.0f} MB in {t['files']} files, loopback nanio, {t['settings']['workers']} "
+                  f"workers x {a.part_mb} MiB parts, load average {result['loadavg'][0]:.1f} on {result['cpus']} CPUs")
             print(f"{'':22}{'ours MB/s':>10}{'SDK MB/s':>10}{'ratio':>8}")
             print(f"{'upload':22}{t['MBps']['ours_up']:10.1f}{t['MBps']['sdk_up']:10.1f}{t['upload_ratio']:8.2f}")
             print(f"{'download (verified)':22}{t['MBps']['ours_down']:10.1f}{t['MBps']['sdk_down']:10.1f}"

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
+from prune_job.checksums import sha256_fd, sha256_file
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MiB = 1 << 20
@@ -137,13 +139,16 @@ class Transfer:
 class S3Store:
     """One S3 endpoint: checked calls with retries, multipart upload, ranged download."""
 
-    def __init__(self, config: Optional[S3Config] = None, part_size: int = DEFAULT_PART_SIZE, workers: int = 8,
+    def __init__(self, config: Optional[S3Config] = None, part_size: int = DEFAULT_PART_SIZE,
+                 workers: Optional[int] = None,
                  retries: int = 5, backoff: float = 0.5, connect_timeout: float = 10.0, read_timeout: float = 120.0):
         import urllib3
         from minio import Minio
 
         self.config = config or S3Config.from_env()
         self.part_size = max(part_size, MIN_PART_SIZE)
+        # requests cost CPU (TLS or SigV4 payload hashing): more in flight than 2 per core only adds contention
+        workers = workers or max(2, min(8, 2 * (os.cpu_count() or 1)))
         self.workers = workers
         self.retries, self.backoff = retries, backoff
         http = urllib3.PoolManager(
@@ -412,14 +417,6 @@ class S3Store:
             response.release_conn()
 
 
-def sha256_fd(fd: int, chunk: int = 8 * MiB) -> str:
-    digest, offset = hashlib.sha256(), 0
-    while data := os.pread(fd, chunk, offset):
-        digest.update(data)
-        offset += len(data)
-    return digest.hexdigest()
-
-
 def _is_network_error(e: BaseException) -> bool:
     import urllib3
 
@@ -612,19 +609,11 @@ def _fetch_one(store: S3Store, bucket: str, key: str, folder: Path, name: str, r
     size, etag = remote
     dest = folder / name
     if etag and dest.is_file() and dest.stat().st_size == size and etags.get(name) == etag:
-        if sha is None or _file_sha(dest) == sha:
+        if sha is None or sha256_file(dest, cached=False) == sha:
             return Transfer(key, size, 0, "cached")
     transfer = store.download(bucket, key, dest, sha256=sha, size=size if sha else None)
     etags[name] = etag
     return transfer
-
-
-def _file_sha(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return sha256_fd(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_etags(folder: Path) -> dict[str, str]:

@@ -2,15 +2,15 @@
 size and sha256; a folder without it is an incomplete checkpoint."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
+
+from prune_job.checksums import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-HASH_CHUNK = 8 << 20
 
 
 class CheckpointError(Exception):
@@ -22,14 +22,6 @@ class FileEntry:
     name: str
     size: int
     sha256: str
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_entry(directory: Path, name: str) -> FileEntry:
@@ -75,5 +67,5 @@ def verify_file(directory: Path, entry: FileEntry) -> None:
     size = path.stat().st_size
     if size != entry.size:
         raise CheckpointError(f"{path}: size {size} does not match {MANIFEST} ({entry.size}); the file is corrupt")
-    if sha256_file(path) != entry.sha256:
+    if sha256_file(path, cached=False) != entry.sha256:
         raise CheckpointError(f"{path}: sha256 does not match {MANIFEST}; the file is corrupt")
