@@ -74,9 +74,26 @@ def status_block(phase: str, detail: Any = None, message: Optional[str] = None) 
     return yaml.safe_dump({"status": status}, sort_keys=False)
 
 
+def cpu_quota() -> Optional[int]:
+    """CPUs granted by the container's cgroup (a pod sees the node's core count)."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, int(int(quota) / int(period)))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     job = parse_file(args.spec)
+    import torch
+
     from prune_job.run import run_job
+
+    threads = cpu_quota()
+    if threads and threads < torch.get_num_threads() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads)  # more threads than granted CPUs thrash under a CPU limit
 
     workdir = Path(args.workdir or os.environ.get("PRUNE_JOB_WORKDIR") or ".prune-job-work")
     reporter = make_reporter(args.report, job)

@@ -124,7 +124,9 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     detail.seconds.total = time.perf_counter() - t_start
     detail.memory.peak_host_bytes = peak_host_bytes()
     detail.memory.peak_device_bytes = peak_device_bytes()
-    (out_dir / "results.json").write_text(detail.model_dump_json(by_alias=True, indent=2))
+    from prune_job.evaluation import write_report
+
+    write_report(detail, out_dir)  # results.json, report.md and plots, with the final seconds and memory
     if uploader is not None:
         progress.stage("uploading")
         uploader.sync()  # results.json, report.md and plots written after the checkpoint

@@ -16,7 +16,7 @@ def streamed_nll(
     handle: ModelHandle,
     batches: list[torch.Tensor],
     on_block: Optional[Callable[[int], None]] = None,
-    tail_tokens: int = 2048,
+    tail_tokens: int = 512,
 ) -> tuple[float, int]:
     """Sum of next-token negative log-likelihoods over `batches` ([B, L] token
     ids) and the number of predicted tokens. The head runs on slices of about
