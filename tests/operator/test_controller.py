@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from conftest import OperatorThread, wait_for
+from operator_harness import OperatorThread, wait_for
 from kubeutil import (PJ, condition, create_prunejob, events, get_job, get_prunejob, job_condition, jobs,
                       phase_of, prunejob, set_job_status, status_of)
 from prune_operator.kube import collection_path, object_path

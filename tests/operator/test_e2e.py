@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT, OperatorThread, configuration, pod_identity, wait_for
+from operator_harness import ROOT, OperatorThread, configuration, pod_identity, wait_for
 from kubeutil import (create_prunejob, get_job, job_condition, phase_of, prunejob, requests_with_token,
                       set_job_status, status_of)
 from prune_operator import rbac

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import pod_identity, wait_for
+from operator_harness import pod_identity, wait_for
 from kubeutil import create_prunejob, prunejob, requests_with_token, status_of
 from prune_job.kube_status import KubernetesReporter, progress_document
 from prune_job.spec import Progress, Results
@@ -120,7 +120,7 @@ def test_in_cluster_over_tls_with_the_pod_identity(tls_api_server, tls_files, tm
 
 @pytest.fixture
 def kube_tls(tls_api_server):
-    from conftest import configuration
+    from operator_harness import configuration
     from prune_operator.kube import Kube
 
     client = Kube(configuration(tls_api_server.url))

@@ -11,7 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import wait_for
+from operator_harness import wait_for
 from kubeutil import create_prunejob, get_job, prunejob
 
 
