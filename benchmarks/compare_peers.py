@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -138,14 +139,44 @@ def child_env(threads: int) -> dict[str, str]:
 
 def run_measured(cmd: list[str], log: Path, threads: int) -> dict[str, Any]:
     """Run `cmd`, output to `log`; exit code, wall seconds, and the child's own CPU seconds (user + sys)
-    and peak RSS (wait4). CPU seconds suffer less than wall time when other work shares the cores."""
+    and peak RSS (wait4). CPU seconds suffer less than wall time when other work shares the cores.
+    A sampler also records the RSS split (anonymous / file-backed) over time, to show where a peak is."""
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(threads))
+        samples: list[tuple[float, int, int]] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, t0, samples, stop), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        stop.set()
+        sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": usage.ru_maxrss * 1024, "log": str(log)}
+            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": usage.ru_maxrss * 1024, "log": str(log),
+            **_rss_summary(samples)}
+
+
+def _sample_rss(pid: int, t0: float, samples: list, stop: threading.Event, every: float = 0.5) -> None:
+    """(seconds, RssAnon bytes, RssFile bytes) of `pid` from /proc until it exits."""
+    while not stop.is_set():
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            return
+        kb = {k: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in lines if ln.startswith("Rss"))}
+        if kb:
+            samples.append((round(time.perf_counter() - t0, 1), kb.get("RssAnon", 0), kb.get("RssFile", 0)))
+        stop.wait(every)
+
+
+def _rss_summary(samples: list[tuple[float, int, int]]) -> dict[str, Any]:
+    if not samples:
+        return {}
+    t, anon, file = max(samples, key=lambda s: s[1] + s[2])
+    step = max(1, len(samples) // 200)
+    return {"sampled_peak": {"at_s": t, "anon_bytes": anon, "file_bytes": file},
+            "rss_timeline": samples[::step]}
 
 
 def prune_job_exe(opt: str | None) -> str:

@@ -117,12 +117,15 @@ def run_depth(a: argparse.Namespace, work: Path, calib: Path, depth: int) -> dic
 
 def print_table(runs: list[dict]) -> float | None:
     base = runs[0]["peak_rss_bytes"] if runs and runs[0]["rc"] == 0 else None
-    head = f"{'blocks':>6} {'weights GB':>10} {'peak RSS GB':>11} {'results.json GB':>15} {'x first':>8} {'wall s':>7}"
+    head = f"{'blocks':>6} {'weights GB':>10} {'peak RSS GB':>11} {'results.json GB':>15} {'x first':>8} " \
+           f"{'anon/file GB at sampled peak':>28} {'wall s':>7}"
     print("\n" + head + "\n" + "-" * len(head))
     for r in runs:
         rel = r["peak_rss_bytes"] / base if base and r["rc"] == 0 else None
+        sp = r.get("sampled_peak") or {}
+        split = f"{_f(gb(sp.get('anon_bytes')), '.3f')} / {_f(gb(sp.get('file_bytes')), '.3f')} @{sp.get('at_s', '-')}s"
         print(f"{r['depth']:6d} {gb(r['weights_bytes']):10.3f} {gb(r['peak_rss_bytes']):11.3f} "
-              f"{_f(gb(r.get('self_peak_rss_bytes')), '15.3f')} {_f(rel, '8.3f')} {r['wall_s']:7.1f}"
+              f"{_f(gb(r.get('self_peak_rss_bytes')), '15.3f')} {_f(rel, '8.3f')} {split:>28} {r['wall_s']:7.1f}"
               + ("" if r["rc"] == 0 else f"   FAILED rc={r['rc']} ({r['log']})"))
     ok = [r for r in runs if r["rc"] == 0]
     if base is None or len(ok) != len(runs) or len(runs) < 2:
