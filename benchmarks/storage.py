@@ -70,7 +70,7 @@ def timed(fn) -> float:
 def throughput(a: argparse.Namespace, work: Path) -> dict:
     from minio import Minio
 
-    from conftest import ACCESS_KEY, SECRET_KEY, NanioServer
+    from nanio_server import ACCESS_KEY, SECRET_KEY, NanioServer
     from prune_job import checksums, storage
 
     ckpt = work / "ckpt"

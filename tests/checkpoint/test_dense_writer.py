@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from helpers import model_state, write_model
+from ckpt_helpers import model_state, write_model
 from prune_job.checkpoint import CheckpointError, CheckpointWriter
 from prune_job.checkpoint.manifest import sha256_file
 

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from helpers import magnitude
+from ckpt_helpers import magnitude
 from prune_job.checkpoint.encoding import BITS_VIEW, decode, encode, index_scheme
 from prune_job.spec import Pattern
 

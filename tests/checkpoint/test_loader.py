@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import write_model
+from ckpt_helpers import write_model
 from prune_job.checkpoint import CheckpointError, CompressedReader
 from prune_job.spec import Pattern
 import prune_job

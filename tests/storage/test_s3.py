@@ -12,12 +12,12 @@ import pytest
 import torch
 from minio import Minio
 
-from conftest import ACCESS_KEY, SECRET_KEY, NanioServer
+from nanio_server import ACCESS_KEY, SECRET_KEY, NanioServer
 from prune_job import storage
 from prune_job.spec import Pattern
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "checkpoint"))
-from helpers import write_model  # noqa: E402
+from ckpt_helpers import write_model  # noqa: E402
 
 REPO = Path(__file__).parents[2]
 
