@@ -197,7 +197,7 @@ def _load_compressed(reader: CompressedReader, device: torch.device, trust_remot
     if missing:
         raise CheckpointError(f"{folder}: the checkpoint has no tensor for {', '.join(missing[:5])}"
                               + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    return model
+    return model.to(device)  # the buffers the model computes itself (rotary tables) were built on the CPU
 
 
 def _load_dense(folder: Path, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
