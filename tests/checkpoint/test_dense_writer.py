@@ -73,15 +73,18 @@ def test_config_dtype_is_the_stored_one(tiny_model_factory, tmp_path):
     assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
 
 
-def test_bytes_reach_disk_at_once_and_memory_stays_flat(tmp_path):
-    w = CheckpointWriter(tmp_path, format="dense", max_shard_bytes=64 << 20)
+@pytest.mark.parametrize("fmt", ["dense", "compressed"])
+def test_bytes_reach_disk_at_once_and_memory_stays_flat(tmp_path, fmt):
+    w = CheckpointWriter(tmp_path, format=fmt, max_shard_bytes=64 << 20)
     block = torch.randn(1024, 1024)  # 4 MiB
+    block[:, ::2] = 0  # half pruned
     rss = psutil.Process().memory_info().rss
-    for i in range(100):  # 400 MiB written
-        w.add(f"b{i}", block)
+    for i in range(100):  # 400 MiB of tensors
+        w.add(f"b{i}", block, pruned=True)
         if i == 3:
             data = next(tmp_path.glob("*.data"))
-            assert data.stat().st_size == 4 * block.numel() * 4
+            expected = block.numel() * 4 if fmt == "dense" else block.numel() * 2 + block.numel() // 8
+            assert data.stat().st_size == 4 * expected
     growth = psutil.Process().memory_info().rss - rss
     w.finish({})
     assert growth < 64 << 20, f"RSS grew by {growth >> 20} MiB while writing 400 MiB"
