@@ -120,9 +120,10 @@ def known_failures() -> tuple[type[BaseException], ...]:
     kinds: list[type[BaseException]] = [CliError, SpecError, FileNotFoundError, PermissionError]
     try:
         from prune_job.algorithms import FactorizationError
+        from prune_job.checkpoint import CheckpointError
         from prune_job.pipeline.model import ModelFormatError
 
-        kinds += [FactorizationError, ModelFormatError]
+        kinds += [FactorizationError, ModelFormatError, CheckpointError]
     except ImportError:
         pass
     try:
