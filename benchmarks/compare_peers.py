@@ -116,6 +116,29 @@ def token_windows(model_dir: Path, samples: int, seqlen: int, eval_samples: int)
             windows("builtin:pydoc-heldout", eval_samples, "spec.evaluation.perplexity.uri"))
 
 
+def prepare_inputs(a: argparse.Namespace, work: Path) -> Path:
+    """Resolve the model and write calib.jsonl / heldout.jsonl in a child process, so that this parent
+    never holds torch or a model: a child's peak RSS (wait4 ru_maxrss) starts from the size of the
+    process that forked it, and Linux keeps that figure across exec."""
+    cfg = {"model": a.model, "samples": a.samples, "seqlen": a.seqlen, "eval_samples": a.eval_samples,
+           "calib": str(work / "calib.jsonl"), "heldout": str(work / "heldout.jsonl"),
+           "result": str(work / "inputs.json")}
+    (work / "inputs-config.json").write_text(json.dumps(cfg))
+    subprocess.run([sys.executable, str(HERE), "_inputs", str(work / "inputs-config.json")], check=True,
+                   env=child_env(a.threads))
+    return Path(json.loads((work / "inputs.json").read_text())["model_dir"])
+
+
+def inputs_main(cfg_path: str) -> int:
+    cfg = json.loads(Path(cfg_path).read_text())
+    model_dir = resolve_model(cfg["model"])
+    calib, heldout = token_windows(model_dir, cfg["samples"], cfg["seqlen"], cfg["eval_samples"])
+    write_jsonl(Path(cfg["calib"]), calib)
+    write_jsonl(Path(cfg["heldout"]), heldout)
+    Path(cfg["result"]).write_text(json.dumps({"model_dir": str(model_dir)}))
+    return 0
+
+
 def write_jsonl(path: Path, windows: list) -> Path:
     path.write_text("".join(json.dumps({"input_ids": w}) + "\n" for w in windows))
     return path
@@ -158,25 +181,28 @@ def run_measured(cmd: list[str], log: Path, threads: int) -> dict[str, Any]:
 
 
 def _sample_rss(pid: int, t0: float, samples: list, stop: threading.Event, every: float = 0.5) -> None:
-    """(seconds, RssAnon bytes, RssFile bytes) of `pid` from /proc until it exits."""
+    """(seconds, RssAnon, RssFile, VmHWM bytes) of `pid` from /proc until it exits."""
     while not stop.is_set():
         try:
             lines = Path(f"/proc/{pid}/status").read_text().splitlines()
         except OSError:
             return
-        kb = {k: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in lines if ln.startswith("Rss"))}
+        kb = {k: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in lines
+                                                       if ln.startswith(("Rss", "VmHWM")))}
         if kb:
-            samples.append((round(time.perf_counter() - t0, 1), kb.get("RssAnon", 0), kb.get("RssFile", 0)))
+            samples.append((round(time.perf_counter() - t0, 1), kb.get("RssAnon", 0), kb.get("RssFile", 0),
+                            kb.get("VmHWM", 0)))
         stop.wait(every)
 
 
 def _rss_summary(samples: list[tuple[float, int, int]]) -> dict[str, Any]:
     if not samples:
         return {}
-    t, anon, file = max(samples, key=lambda s: s[1] + s[2])
+    t, anon, file, _ = max(samples, key=lambda s: s[1] + s[2])
     step = max(1, len(samples) // 200)
     return {"sampled_peak": {"at_s": t, "anon_bytes": anon, "file_bytes": file},
-            "rss_timeline": samples[::step]}
+            "hwm_bytes": samples[-1][3],  # VmHWM of the exec'd image at the last sample: a cross-check
+            "rss_timeline": [s[:3] for s in samples[::step]]}
 
 
 def prune_job_exe(opt: str | None) -> str:
@@ -321,11 +347,10 @@ def load_average() -> str:
 
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
-    model_dir = resolve_model(a.model)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="compare-peers-"))
     work.mkdir(parents=True, exist_ok=True)
-    calib_ids, heldout_ids = token_windows(model_dir, a.samples, a.seqlen, a.eval_samples)
-    calib, heldout = write_jsonl(work / "calib.jsonl", calib_ids), write_jsonl(work / "heldout.jsonl", heldout_ids)
+    model_dir = prepare_inputs(a, work)
+    calib, heldout = work / "calib.jsonl", work / "heldout.jsonl"
     report = {"model": str(model_dir), "samples": a.samples, "seqlen": a.seqlen, "eval_samples": a.eval_samples,
               "threads": a.threads, "sequential": a.sequential, "cpus": os.cpu_count(),
               "load_before": load_average(), "workdir": str(work), "runs": []}
@@ -600,6 +625,8 @@ def perplexity(model, windows: list[list[int]]) -> float:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         sys.exit(child_main(sys.argv[2]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_inputs":
+        sys.exit(inputs_main(sys.argv[2]))
     if len(sys.argv) > 1 and sys.argv[1] == "_eval":
         sys.exit(eval_main(sys.argv[2]))
     sys.exit(main(sys.argv[1:]))

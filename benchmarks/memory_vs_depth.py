@@ -5,7 +5,9 @@ Random Llama models of one width and 4, 8, 16 and 32 decoder blocks are saved
 with `save_pretrained` into a temporary directory and pruned with the same
 spec (random calibration token ids, evaluation off), each run in its own
 process limited to `--threads` threads. Peak RSS is the child's own (`wait4`),
-beside results.json's `memory.peakHostBytes`. A pipeline that holds one block
+beside results.json's `memory.peakHostBytes`; models are built in another child
+so that this parent stays small (Linux starts a child's peak RSS from the size
+of the process that forked it and keeps it across exec). A pipeline that holds one block
 at a time has a flat peak; one that holds the model grows by a block's bytes
 per block. Target (DESIGN.md, "Memory model"): the deepest run's peak within
 1.25x of the shallowest's.
@@ -21,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +57,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return a
 
 
+def build_model(a: argparse.Namespace, depth: int, folder: Path) -> int:
+    """Save the model from a child process; returns its parameter bytes. This parent must stay small:
+    a child's wait4 peak RSS starts from the size of the process that forked it (kept across exec)."""
+    params = {k: getattr(a, k) for k in ("hidden", "intermediate", "heads", "vocab", "seqlen")}
+    subprocess.run([sys.executable, __file__, "_build", json.dumps(params), str(depth), str(folder)], check=True)
+    return json.loads((folder / "bench-params.json").read_text())["bytes"]
+
+
 def save_random_llama(a: argparse.Namespace, depth: int, folder: Path) -> int:
     """A seeded random Llama of `depth` blocks; returns its parameter bytes."""
     import torch
@@ -66,6 +77,7 @@ def save_random_llama(a: argparse.Namespace, depth: int, folder: Path) -> int:
     model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(folder)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
+    (folder / "bench-params.json").write_text(json.dumps({"bytes": size}))
     del model
     gc.collect()
     return size
@@ -98,7 +110,7 @@ def run_depth(a: argparse.Namespace, work: Path, calib: Path, depth: int) -> dic
     import yaml
 
     folder, out = work / f"llama-{depth}", work / f"out-{depth}"
-    weights = save_random_llama(a, depth, folder)
+    weights = build_model(a, depth, folder)
     spec_path = work / f"prunejob-{depth}.yaml"
     spec_path.write_text(yaml.safe_dump(spec(a, folder, calib, out, depth), sort_keys=False))
     print(f"{depth:3d} blocks ({gb(weights):.3f} GB of weights, load {load_average()}) ...", flush=True)
@@ -163,4 +175,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_build":
+        save_random_llama(argparse.Namespace(**json.loads(sys.argv[2])), int(sys.argv[3]), Path(sys.argv[4]))
+        sys.exit(0)
     sys.exit(main(sys.argv[1:]))
