@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Iterable, Optional
 import torch
 from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
-from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
@@ -52,29 +52,66 @@ def weight_files(model_dir: Path, allow_pickle: bool) -> list[Path]:
     raise SpecError([("spec.model.uri", f"{model_dir} contains no *.safetensors weights")])
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    path: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+
+def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    base = 8 + length
+    return {
+        name: StoredTensor(path, info["dtype"], tuple(info["shape"]), base + info["data_offsets"][0],
+                           base + info["data_offsets"][1])
+        for name, info in header.items()
+        if name != "__metadata__"
+    }
+
+
 class WeightIndex:
-    """Which file holds each tensor; files are opened per read so that no
-    memory map (and its resident pages) outlives the block that needed it."""
+    """Which file holds each tensor, read with plain positioned reads.
+
+    No memory map: a mapped checkpoint's pages count as resident memory for as
+    long as the mapping (or any tensor viewing it) lives, which is what makes
+    other tools' peak RSS grow with the model. Here each read copies exactly
+    one tensor's bytes into fresh memory and the page cache stays the kernel's.
+    """
 
     def __init__(self, files: Iterable[Path]):
-        self.location: dict[str, Path] = {}
+        self.location: dict[str, StoredTensor] = {}
         for path in files:
-            with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    self.location[key] = path
+            self.location.update(read_safetensors_header(Path(path)))
 
     def __contains__(self, key: str) -> bool:
         return key in self.location
 
     def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-        by_file: dict[Path, list[str]] = defaultdict(list)
-        for key in keys:
-            by_file[self.location[key]].append(key)
         out = {}
-        for path, names in by_file.items():
-            with safe_open(path, framework="pt") as f:
-                for name in names:
-                    out[name] = f.get_tensor(name)
+        for key in keys:
+            t = self.location[key]
+            if t.dtype not in SAFETENSORS_DTYPES:
+                raise ModelFormatError(f"{t.path.name}: tensor {key} has unsupported dtype {t.dtype}")
+            buffer = bytearray(t.end - t.start)
+            with open(t.path, "rb", buffering=0) as f:
+                f.seek(t.start)
+                if f.readinto(buffer) != len(buffer):
+                    raise ModelFormatError(f"{t.path.name}: truncated while reading {key}")
+            dtype = SAFETENSORS_DTYPES[t.dtype]
+            flat = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            out[key] = flat.reshape(t.shape)
         return out
 
 
