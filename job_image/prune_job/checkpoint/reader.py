@@ -177,6 +177,8 @@ def _stored_dtype(reader: CompressedReader) -> torch.dtype:
 def _load_compressed(reader: CompressedReader, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
+
+    from prune_job.pipeline.memory import release_freed_memory
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = reader.checked.folder
@@ -192,6 +194,7 @@ def _load_compressed(reader: CompressedReader, device: torch.device, trust_remot
                 continue
             tensor = reader.read([name])[name]
             set_module_tensor_to_device(model, name, device, value=tensor)
+        release_freed_memory()  # decode buffers of this shard go back to the OS, not to the next peak
     model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
