@@ -168,6 +168,10 @@ def _env(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> list[d
         {"name": "PRUNE_JOB_PVC_ROOT", "value": PVC_ROOT},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(config.extra_env.items())]
+    if config.s3_endpoint:
+        # Listed before the Secret's optional `endpoint`: the kubelet skips a missing
+        # optional key, so this default stands unless the Secret names its own.
+        env.append({"name": "AWS_ENDPOINT_URL", "value": config.s3_endpoint})
     secret = spec.output.credentials_secret
     if secret:
         for key, (variable, optional) in SECRET_ENV.items():

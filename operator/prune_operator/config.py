@@ -19,6 +19,7 @@ class OperatorConfig:
     run_as_user: int = 1000
     scratch_size_limit: Optional[str] = None  # emptyDir sizeLimit, e.g. "200Gi"
     extra_env: Mapping[str, str] = field(default_factory=dict)  # e.g. proxies; never secrets
+    s3_endpoint: Optional[str] = None  # default AWS_ENDPOINT_URL when the credentials Secret has no `endpoint`
     retry_delay: float = 5.0  # seconds before a handler that met API trouble runs again
     resync_seconds: float = 60.0  # how often unfinished PruneJobs are re-synced from their Jobs
 
@@ -28,4 +29,5 @@ class OperatorConfig:
             job_image=environ.get("PRUNE_OPERATOR_JOB_IMAGE", DEFAULT_JOB_IMAGE),
             image_pull_policy=environ.get("PRUNE_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent"),
             scratch_size_limit=environ.get("PRUNE_OPERATOR_SCRATCH_SIZE_LIMIT") or None,
+            s3_endpoint=environ.get("PRUNE_OPERATOR_S3_ENDPOINT") or None,
         )

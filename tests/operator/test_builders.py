@@ -91,6 +91,17 @@ def test_no_secret_no_aws_env():
     assert not any(n.startswith("AWS_") for n in names)
 
 
+def test_default_s3_endpoint_precedes_the_secrets_own():
+    config = OperatorConfig.from_env({"PRUNE_OPERATOR_S3_ENDPOINT": "http://minio.storage:9000"})
+    env = builders.job(OWNER, api.parse_spec(raw_spec()), config)["spec"]["template"]["spec"]["containers"][0]["env"]
+    endpoints = [e for e in env if e["name"] == "AWS_ENDPOINT_URL"]
+    # The kubelet skips the optional Secret key when absent, so the default stands; when present it wins (later).
+    assert endpoints[0] == {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"}
+    assert endpoints[1]["valueFrom"]["secretKeyRef"] == {"name": "minio-credentials", "key": "endpoint", "optional": True}
+    assert "AWS_ENDPOINT_URL" not in {e["name"] for e in builders.job(OWNER, api.parse_spec(raw_spec()), CONFIG)
+                                      ["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+
+
 def test_pvc_claims_are_mounted_under_the_pvc_root():
     job = build_job(model={"uri": "pvc://models/llama"}, output={"uri": "pvc://results/run1"})
     pod = job["spec"]["template"]["spec"]
