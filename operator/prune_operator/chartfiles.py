@@ -85,20 +85,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("chart", type=Path)
     parser.add_argument("--check", action="store_true", help="exit 1 if a file is missing or stale; write nothing")
     args = parser.parse_args(argv)
-    stale = []
-    for relative, text in generated_files().items():
-        path = args.chart / relative
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    if stale:
-        print("stale chart files (run `make crds`): " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    files = {args.chart / relative: text for relative, text in generated_files().items()}
+    return crdgen.write_generated(files, args.check, "chart files")
 
 
 if __name__ == "__main__":

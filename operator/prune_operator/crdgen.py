@@ -319,11 +319,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--check", action="store_true", help="exit 1 if a file is missing or stale; write nothing")
     args = parser.parse_args(argv)
+    files = {args.directory / name: render(crd) for name, crd in all_crds().items()}
+    return write_generated(files, args.check, "CRDs")
+
+
+def write_generated(files: dict[Path, str], check: bool, what: str) -> int:
+    """Write generated files, or with `check` only report the missing or stale ones (exit status 1)."""
     stale = []
-    for filename, crd in all_crds().items():
-        path = args.directory / filename
-        text = render(crd)
-        if args.check:
+    for path, text in files.items():
+        if check:
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path))
             continue
@@ -331,7 +335,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         path.write_text(text)
         print(f"wrote {path}")
     if stale:
-        print("stale CRDs (run `make crds`): " + ", ".join(stale), file=sys.stderr)
+        print(f"stale {what} (run `make crds`): " + ", ".join(stale), file=sys.stderr)
         return 1
     return 0
 

@@ -31,6 +31,7 @@ from croniter import croniter
 
 from prune_job.schedule_spec import ActiveRef, PruneScheduleSpec, PruneScheduleStatus
 from prune_job.spec import API_VERSION, Condition
+from prune_operator.reconcile import Event
 
 # Exactly what the schedule controller does through the API (schedules.py; a test records
 # its requests against the emulator): Kopf lists and watches PruneSchedules and the
@@ -68,13 +69,6 @@ class Child:
     @property
     def finished(self) -> bool:
         return self.phase in FINISHED
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
