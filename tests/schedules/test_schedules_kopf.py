@@ -5,13 +5,11 @@ them. The clock is injected (schedules.now) so that hours pass in seconds; the
 test plays the Job controller by writing Job statuses."""
 from __future__ import annotations
 
-import asyncio
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 from kubernetes.client import Configuration
@@ -20,9 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
 from emulator import EmulatorThread  # noqa: E402
-from prune_operator import main as operator_main  # noqa: E402
+from operator_harness import OperatorThread as Operator, wait_for  # noqa: E402
 from prune_operator import schedules  # noqa: E402
-from prune_operator.config import OperatorConfig  # noqa: E402
 from prune_operator.kube import Kube, collection_path, object_path  # noqa: E402
 from prune_operator import chartfiles  # noqa: E402
 from prune_operator.schedule_logic import RBAC_RULES, run_name  # noqa: E402
@@ -37,54 +34,12 @@ TEMPLATE = {"spec": {"model": {"uri": "s3://models/tiny/"}, "pruning": {"method"
                      "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"}}}
 
 
-def wait_for(probe: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-
-
 class Clock:
     def __init__(self, t: datetime):
         self.t = t
 
     def __call__(self) -> datetime:
         return self.t
-
-
-class Operator:
-    """main.run in its own thread and loop, as the Deployment runs it."""
-
-    def __init__(self, url: str):
-        configuration = Configuration()
-        configuration.host = url
-        self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
-        self.error: Optional[BaseException] = None
-        config = OperatorConfig(job_image="example.test/prune-job:test")
-        self.thread = threading.Thread(target=lambda: self._run(configuration, config), daemon=True)
-
-    def _run(self, configuration: Configuration, config: OperatorConfig) -> None:
-        try:
-            asyncio.run(operator_main.run(configuration, config, namespaces=(),
-                                          stop_flag=self.stop_flag, ready_flag=self.ready_flag))
-        except BaseException as err:  # noqa: BLE001 - surfaced by start()/stop()
-            self.error = err
-
-    def start(self) -> "Operator":
-        self.thread.start()
-        wait_for(lambda: self.ready_flag.is_set() or self.error, timeout=30, what="the operator to start")
-        if self.error:
-            raise self.error
-        return self
-
-    def stop(self) -> None:
-        self.stop_flag.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture(scope="module")
