@@ -105,6 +105,8 @@ def token_windows(
 
 
 def _require_tokenizer(tokenizer: Any, field: str) -> Any:
+    if isinstance(tokenizer, LazyTokenizer):
+        tokenizer = tokenizer.get()
     if tokenizer is None:
         raise SpecError([(field, "text needs a tokenizer, and the model folder has none; "
                                  'give token ids instead (.jsonl rows {"input_ids": [...]})')])
@@ -160,6 +162,24 @@ def ids_digest(windows: list[torch.Tensor]) -> str:
         h.update(w.to(torch.int64).numpy().tobytes())
         h.update(b"|")
     return h.hexdigest()
+
+
+class LazyTokenizer:
+    """The model folder's tokenizer, loaded the first time text has to be tokenised:
+    token-id data never pay for it (its imports and tables are tens of MB of host memory)."""
+
+    def __init__(self, model_dir: Union[str, Path], trust_remote_code: bool = False):
+        self.model_dir = model_dir
+        self.trust_remote_code = trust_remote_code
+        self._loaded = False
+        self._tokenizer: Any = None
+
+    def get(self) -> Any:
+        """The tokenizer, or None when the folder ships none."""
+        if not self._loaded:
+            self._tokenizer = load_tokenizer(self.model_dir, self.trust_remote_code)
+            self._loaded = True
+        return self._tokenizer
 
 
 def load_tokenizer(model_dir: Union[str, Path], trust_remote_code: bool = False) -> Any:

@@ -14,7 +14,8 @@ from typing import Any, Optional
 import torch
 
 from prune_job import __version__
-from prune_job.data import ids_digest, load_tokenizer, micro_batches, read_source, token_windows
+from prune_job.data import LazyTokenizer, ids_digest, micro_batches, read_source, token_windows
+from prune_job.pipeline.memory import micro_batch_tokens
 from prune_job.pipeline.model import ModelHandle, default_device, open_model
 from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
 from prune_job.progress import RunProgress
@@ -23,7 +24,6 @@ from prune_job.sources import is_remote, output_dir, resolve_model
 from prune_job.spec import CalibrationUsed, LayerSparsity, PruneJob, ResultsDetail
 
 log = logging.getLogger(__name__)
-TOKENS_PER_BATCH = 4096  # activations of one micro-batch bound the transient peak
 COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
 
@@ -42,7 +42,7 @@ class Prepared:
 
     model_dir: Path
     handle: ModelHandle
-    tokenizer: Any
+    tokenizer: LazyTokenizer
     windows: list[torch.Tensor]
 
 
@@ -54,7 +54,7 @@ def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
         spec.model.trust_remote_code, spec.model.blocks,
     )
     check_targets(handle, spec.pruning)
-    tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
+    tokenizer = LazyTokenizer(model_dir, spec.model.trust_remote_code)
     windows: list[torch.Tensor] = []
     if spec.pruning.method != "magnitude" and spec.pruning.sparsity > 0:
         cal = spec.calibration
@@ -100,7 +100,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
                               on_file_written=uploader)
     progress.stage("pruning", total=handle.num_blocks)
     t_prune = time.perf_counter()
-    batches = micro_batches(prepared.windows, TOKENS_PER_BATCH)
+    batches = micro_batches(prepared.windows, micro_batch_tokens(handle.device))
     pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done)
     seconds_prune = time.perf_counter() - t_prune
 

@@ -30,15 +30,13 @@ from prune_job.evaluation.summary import cost_summary, generation_summary
 from prune_job.evaluation.weights import (
     WeightSource, iter_weights, load_full_model, source_keys, streaming_handle, weight_source,
 )
+from prune_job.pipeline.memory import micro_batch_tokens
 from prune_job.pipeline.model import DTYPES, ModelHandle, default_device, open_model
 from prune_job.pipeline.stream import streamed_nll
 from prune_job.spec import (
     EvaluationEnvironment, GenerationRun, PerplexityDetail, PerplexityResult, PruneJob, ResultsDetail,
 )
 from transformers.pytorch_utils import Conv1D
-
-TOKENS_PER_BATCH = 8192  # eval micro-batch size in tokens (the same for dense and sparse)
-
 
 @dataclass
 class Models:
@@ -139,7 +137,7 @@ def eval_windows(job: PruneJob, models: Models, tokenizer: Any, fetch) -> list[t
 
 def perplexity(models: Models, windows: list[torch.Tensor], detail: ResultsDetail, job: PruneJob, progress) -> None:
     """Dense and sparse perplexity on the same windows with the block-streaming forward."""
-    batches = micro_batches(windows, TOKENS_PER_BATCH)
+    batches = micro_batches(windows, micro_batch_tokens(models.device))  # the same for dense and sparse
     figures = {}
     for k, variant in enumerate(("dense", "sparse")):
         handle = models.handle(sparse=variant == "sparse")

@@ -100,11 +100,11 @@ def capture_block_inputs(handle: ModelHandle, batches: list[torch.Tensor]) -> li
 
     def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         if args:
-            captured.append(MicroBatch(args[0].detach().cpu(), _detach(args[1:]), _detach(kwargs)))
+            captured.append(MicroBatch(_own(args[0]), _detach(args[1:]), _detach(kwargs)))
         else:
             kw = dict(kwargs)
             hidden = kw.pop("hidden_states")
-            captured.append(MicroBatch(hidden.detach().cpu(), (), _detach(kw), hidden_in_kwargs=True))
+            captured.append(MicroBatch(_own(hidden), (), _detach(kw), hidden_in_kwargs=True))
         raise StopForward
 
     hook = handle.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
@@ -120,6 +120,11 @@ def capture_block_inputs(handle: ModelHandle, batches: list[torch.Tensor]) -> li
     return captured
 
 
+def _own(hidden: torch.Tensor) -> torch.Tensor:
+    """A host copy that nothing else shares: `advance` overwrites it in place."""
+    return hidden.detach().to("cpu", copy=True)
+
+
 def _detach(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach()
@@ -132,15 +137,18 @@ def _detach(obj: Any) -> Any:
     return obj
 
 
-def run_block(block: nn.Module, inputs: list[MicroBatch], device: torch.device) -> list[torch.Tensor]:
-    """The block's outputs for every micro-batch, kept on the host."""
+def advance(block: nn.Module, inputs: list[MicroBatch], device: torch.device) -> None:
+    """Replace each micro-batch's hidden states by the block's output (block i's
+    outputs are block i+1's inputs), one micro-batch at a time and into the same
+    host buffer, so only one extra micro-batch of activations is ever alive."""
     with torch.no_grad():
-        return [mb.call(block, device).to("cpu") for mb in inputs]
-
-
-def advance(inputs: list[MicroBatch], outputs: list[torch.Tensor]) -> list[MicroBatch]:
-    """Block i's outputs become block i+1's inputs."""
-    return [MicroBatch(out, mb.args, mb.kwargs, mb.hidden_in_kwargs) for mb, out in zip(inputs, outputs)]
+        for mb in inputs:
+            out = mb.call(block, device)
+            if out.shape == mb.hidden.shape and out.dtype == mb.hidden.dtype:
+                mb.hidden.copy_(out)
+            else:
+                mb.hidden = out.to("cpu")
+            del out
 
 
 @contextlib.contextmanager
@@ -186,7 +194,7 @@ def stream_forward(
     for i, block in enumerate(handle.blocks):
         prefix = handle.block_prefix(i)
         handle.load_tree(prefix)
-        inputs = advance(inputs, run_block(block, inputs, handle.device))
+        advance(block, inputs, handle.device)
         handle.release_tree(prefix)
         if on_block:
             on_block(i)

@@ -241,6 +241,15 @@ class ModelHandle:
             set_module_tensor_to_device(self.model, f"{prefix}.{n}", "meta")
         release_freed_memory()
 
+    def release_outer(self) -> None:
+        """Send the parameters outside the blocks (embeddings, final norm, head) back to
+        the meta device; they load again on use (forward.outer_modules_loaded_on_use)."""
+        in_blocks = {id(p) for p in self.blocks.parameters()}
+        for name, p in list(self.model.named_parameters(remove_duplicate=False)):
+            if id(p) not in in_blocks and not p.is_meta:
+                set_module_tensor_to_device(self.model, name, "meta")
+        release_freed_memory()
+
     def state_keys(self, prefix: str) -> list[str]:
         """Checkpoint keys of a module tree, as the source stored them."""
         module = self.model.get_submodule(prefix)

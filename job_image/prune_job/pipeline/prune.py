@@ -13,7 +13,7 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from prune_job import algorithms
-from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs, run_block
+from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs
 from prune_job.pipeline.model import ModelHandle, Target, select_targets
 from prune_job.pipeline.statistics import Group, GroupCollector
 from prune_job.spec import Pattern, Pruning, SpecError
@@ -180,6 +180,7 @@ def prune_model(
     if method.needs_calibration and pruning.sparsity > 0:
         t0 = time.perf_counter()
         inputs = capture_block_inputs(handle, batches)
+        handle.release_outer()  # the embeddings are not needed again until write_outer reads them from disk
         result.seconds_calibration = time.perf_counter() - t0
     t_blocks = time.perf_counter()
     for i in range(start_block, handle.num_blocks):
@@ -188,7 +189,7 @@ def prune_model(
         handle.load_tree(prefix)
         layers, targets = prune_block(handle, i, inputs, method)
         if inputs and i + 1 < handle.num_blocks:
-            inputs = advance(inputs, run_block(handle.blocks[i], inputs, handle.device))
+            advance(handle.blocks[i], inputs, handle.device)
         write_block(handle, i, targets, pruning.nm, sink)
         handle.release_tree(prefix)
         seconds = time.perf_counter() - t0
