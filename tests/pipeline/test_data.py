@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from prune_job.data import ids_digest, micro_batches, pydoc_text, read_source, token_windows
+from prune_job.data import LazyTokenizer, ids_digest, micro_batches, pydoc_text, read_source, token_windows
 from prune_job.spec import SpecError
 
 
@@ -59,6 +59,24 @@ def test_ids_without_tokenizer_and_text_without_tokenizer(tmp_path):
     g.write_text("abc")
     with pytest.raises(SpecError, match="tokenizer"):
         token_windows(read_source(str(g), "x.uri"), None, 1, 2, 0, "x.uri")
+
+
+def test_lazy_tokenizer_is_read_only_for_text(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "tokenizer.json").write_text("{not a tokenizer")  # would fail if it were ever loaded
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text('{"input_ids": [1, 2]}\n')
+    lazy = LazyTokenizer(model)
+    assert token_windows(read_source(str(ids), "x.uri"), lazy, 1, 8, 0, "x.uri")[0].tolist() == [1, 2]
+    text = tmp_path / "t.txt"
+    text.write_text("abc")
+    with pytest.raises(Exception):
+        token_windows(read_source(str(text), "x.uri"), lazy, 1, 2, 0, "x.uri")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SpecError, match="tokenizer"):
+        token_windows(read_source(str(text), "x.uri"), LazyTokenizer(empty), 1, 2, 0, "x.uri")
 
 
 @pytest.mark.parametrize("content, words", [("{bad json", "not JSON"), ('{"foo": 1}', "expected"), ("", "no rows")])

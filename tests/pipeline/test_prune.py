@@ -62,6 +62,7 @@ def test_pipeline_matches_in_memory_reference(tiny_model_factory, arch):
         torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=1e-5, msg=name)
     assert abs(result.sparsity - 0.5) < 1e-6
     assert all(p.is_meta for p in handle.blocks.parameters())  # every block released
+    assert all(p.is_meta for p in handle.model.parameters())  # embeddings too, once block 0's inputs were captured
 
 
 def test_shared_inputs_form_groups(tiny_model_factory):
