@@ -7,8 +7,10 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
+    GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     OPTConfig,
     Qwen2Config,
 )
@@ -29,10 +31,15 @@ def tiny_config(arch: str, layers: int = 2, hidden: int = 64):
                          ffn_dim=2 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=512)
     if arch == "gpt2":
         return GPT2Config(vocab_size=VOCAB, n_layer=layers, n_embd=hidden, n_head=4, n_positions=512)
+    if arch == "gpt_neox":  # transformers 5 renames its stored `embed_out` to `lm_head` on load
+        return GPTNeoXConfig(intermediate_size=2 * hidden, **common)
+    if arch == "mixtral":  # stored per expert, fused into one stacked tensor on load
+        return MixtralConfig(intermediate_size=2 * hidden, num_key_value_heads=2, num_local_experts=4,
+                             num_experts_per_tok=2, **common)
     raise ValueError(arch)
 
 
-ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2")
+ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2", "gpt_neox")
 
 
 def save_tiny_model(directory: Path, arch: str = "llama", layers: int = 2, hidden: int = 64, seed: int = 0,

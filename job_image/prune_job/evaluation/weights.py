@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from prune_job.pipeline.model import DTYPES, ModelHandle, WeightIndex, open_model, tied_aliases
+from prune_job.pipeline.model import DTYPES, ModelHandle, WeightIndex, open_model, stored_names, tied_aliases
 
 
 class WeightSource(Protocol):
@@ -97,9 +97,11 @@ def load_full_model(dense_dir: Path, dtype: str, device: torch.device, source: O
 def overwrite_weights(model: nn.Module, source: WeightSource) -> None:
     """Copy every parameter/buffer from `source` (tied tensors may be stored under one name only)."""
     aliases = tied_aliases(model)
+    stored = stored_names(model, source_keys(source))
     buffers = {name for name, _ in model.named_buffers()}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        key = next((k for k in [name, *aliases.get(name, [])] if k in source), None)
+        keys = (stored.get(k, k) for k in [name, *aliases.get(name, [])])
+        key = next((k for k in keys if k in source), None)
         if key is None and name in buffers:
             continue  # buffers the model computes itself are not always stored
         if key is None:

@@ -192,6 +192,7 @@ class ModelHandle:
     blocks_path: str
     blocks: nn.ModuleList
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    stored_as: dict[str, str] = field(default_factory=dict)  # model name -> checkpoint key, where they differ
 
     @property
     def num_blocks(self) -> int:
@@ -203,8 +204,9 @@ class ModelHandle:
     def checkpoint_key(self, name: str) -> Optional[str]:
         """The key under which a parameter is stored (tied weights are stored once)."""
         for alias in [name, *self.aliases.get(name, [])]:
-            if alias in self.index:
-                return alias
+            key = self.stored_as.get(alias, alias)
+            if key in self.index:
+                return key
         return None
 
     def load(self, module: nn.Module, prefix: str) -> None:
@@ -250,11 +252,42 @@ class ModelHandle:
                 set_module_tensor_to_device(self.model, name, "meta")
         release_freed_memory()
 
-    def state_keys(self, prefix: str) -> list[str]:
-        """Checkpoint keys of a module tree, as the source stored them."""
+    def state_keys(self, prefix: str) -> list[tuple[str, str]]:
+        """(model name, checkpoint key) of every tensor of a module tree that the source
+        stores, under the key the source stored it (tied copies are stored once)."""
         module = self.model.get_submodule(prefix)
-        keys = [f"{prefix}.{n}" for n, _ in module.state_dict(keep_vars=True).items()]
-        return [k for k in keys if k in self.index]
+        names = [f"{prefix}.{n}" for n in module.state_dict(keep_vars=True)]
+        pairs = [(n, self.stored_as.get(n, n)) for n in names]
+        return [(n, k) for n, k in pairs if k in self.index]
+
+
+def stored_names(model: nn.Module, keys: Iterable[str]) -> dict[str, str]:
+    """Model parameter name -> checkpoint key, for the keys that transformers renames
+    when it loads this architecture (e.g. GPT-NeoX stores `lm_head` as `embed_out`;
+    old checkpoints store LayerNorm `gamma`/`beta`). Keys that it would fuse into one
+    parameter (MoE experts stacked into one tensor) cannot be read block by block
+    and are refused with ModelFormatError."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+    except ImportError:  # transformers < 5 loads checkpoint keys as they are
+        return {}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    own = model.state_dict(keep_vars=True)
+    names: dict[str, str] = {}
+    for key in keys:
+        name, fused_from = rename_source_key(key, renamings, converters, model.base_model_prefix, own)
+        if fused_from is not None:
+            raise ModelFormatError(
+                f"{type(model).__name__} fuses the stored tensor {key} with others into {name} when it loads; "
+                "the block-streaming pipeline reads stored tensors one by one and does not support this "
+                "architecture's checkpoint layout"
+            )
+        if name != key:
+            names[name] = key
+    return names
 
 
 def tied_aliases(model: nn.Module) -> dict[str, list[str]]:
@@ -302,6 +335,7 @@ def open_model(
         blocks_path=blocks_path,
         blocks=block_list,
         aliases=tied_aliases(model),
+        stored_as=stored_names(model, index.location),
     )
 
 

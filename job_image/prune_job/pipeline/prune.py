@@ -143,12 +143,13 @@ def prune_block(
 
 
 def write_block(handle: ModelHandle, i: int, pruned: list[Target], pattern: Optional[Pattern], sink: TensorSink) -> None:
+    """The block's tensors, under the keys the source checkpoint used."""
     prefix = handle.block_prefix(i)
-    pruned_keys = {f"{t.name}.weight": t for t in pruned}
+    pruned_names = {f"{t.name}.weight": t for t in pruned}
     state = handle.model.get_submodule(prefix).state_dict()
-    for key in handle.state_keys(prefix):
-        tensor = state[key.removeprefix(prefix + ".")]
-        target = pruned_keys.get(key)
+    for name, key in handle.state_keys(prefix):
+        tensor = state[name.removeprefix(prefix + ".")]
+        target = pruned_names.get(name)
         # N:M groups run along a row of the [out, in] weight; Conv1D stores it transposed.
         layout_ok = target is not None and not target.transposed
         sink.add(key, tensor, pattern=pattern if layout_ok else None, pruned=target is not None)
