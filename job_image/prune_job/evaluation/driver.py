@@ -38,6 +38,7 @@ from prune_job.spec import (
 )
 from transformers.pytorch_utils import Conv1D
 
+
 @dataclass
 class Models:
     """The two models compared, and how to build them."""
