@@ -203,11 +203,12 @@ class ModelHandle:
 
     def checkpoint_key(self, name: str) -> Optional[str]:
         """The key under which a parameter is stored (tied weights are stored once)."""
-        for alias in [name, *self.aliases.get(name, [])]:
-            key = self.stored_as.get(alias, alias)
-            if key in self.index:
-                return key
-        return None
+        keys = (self.stored_key(alias) for alias in [name, *self.aliases.get(name, [])])
+        return next((key for key in keys if key in self.index), None)
+
+    def stored_key(self, name: str) -> str:
+        """The key the source would store a model parameter under (renamed or not)."""
+        return self.stored_as.get(name, name)
 
     def load(self, module: nn.Module, prefix: str) -> None:
         """Materialise a module's own meta parameters (not its children's) from disk."""
@@ -257,7 +258,7 @@ class ModelHandle:
         stores, under the key the source stored it (tied copies are stored once)."""
         module = self.model.get_submodule(prefix)
         names = [f"{prefix}.{n}" for n in module.state_dict(keep_vars=True)]
-        pairs = [(n, self.stored_as.get(n, n)) for n in names]
+        pairs = [(n, self.stored_key(n)) for n in names]
         return [(n, k) for n, k in pairs if k in self.index]
 
 
