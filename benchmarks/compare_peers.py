@@ -94,10 +94,10 @@ def sparsity_of(pattern: str, unstructured: float) -> float:
 
 
 def resolve_model(uri: str) -> Path:
-    """A local dense HF folder for `uri`: a directory, or builtin:NAME (converted once by prune_job.builtin)."""
+    """A local dense HF folder for `uri`: a directory, or builtin:NAME (converted once by prune_job.sources.builtin)."""
     if not uri.startswith("builtin:"):
         return Path(uri).resolve()
-    from prune_job.builtin import builtin_model_dir
+    from prune_job.sources.builtin import builtin_model_dir
 
     return builtin_model_dir(uri.removeprefix("builtin:"))
 
@@ -106,11 +106,12 @@ def token_windows(model_dir: Path, samples: int, seqlen: int, eval_samples: int)
     """Calibration windows of builtin:pydoc and held-out windows of builtin:pydoc-heldout, as token id
     lists, cut by prune_job.data exactly as `prune-job run` cuts them."""
     from prune_job import data
+    from prune_job.sources.texts import read_source
 
     tok = data.load_tokenizer(model_dir)
 
     def windows(uri: str, n: int, field: str) -> list[list[int]]:
-        return [w.tolist() for w in data.token_windows(data.read_source(uri, field), tok, n, seqlen, 0, field)]
+        return [w.tolist() for w in data.token_windows(read_source(uri, field), tok, n, seqlen, 0, field)]
 
     return (windows("builtin:pydoc", samples, "spec.calibration.uri"),
             windows("builtin:pydoc-heldout", eval_samples, "spec.evaluation.perplexity.uri"))

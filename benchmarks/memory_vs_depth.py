@@ -9,7 +9,7 @@ beside results.json's `memory.peakHostBytes`; models are built in another child
 so that this parent stays small (Linux starts a child's peak RSS from the size
 of the process that forked it and keeps it across exec). A pipeline that holds one block
 at a time has a flat peak; one that holds the model grows by a block's bytes
-per block. Target (DESIGN.md, "Memory model"): the deepest run's peak within
+per block. Target (docs/architecture.md, memory): the deepest run's peak within
 1.25x of the shallowest's.
 
     python benchmarks/memory_vs_depth.py                 # 4 8 16 32 blocks, hidden 1024

@@ -71,7 +71,8 @@ def throughput(a: argparse.Namespace, work: Path) -> dict:
     from minio import Minio
 
     from nanio_server import ACCESS_KEY, SECRET_KEY, NanioServer
-    from prune_job import checksums, storage
+    from prune_job import storage
+    from prune_job.storage import checksums
 
     ckpt = work / "ckpt"
     size = make_checkpoint(ckpt, a.gb, a.shard_mb)
@@ -124,7 +125,7 @@ def sizes(work: Path) -> list[dict]:
     from safetensors import safe_open
 
     from prune_job.algorithms import magnitude_prune
-    from prune_job.builtin import builtin_model_dir
+    from prune_job.sources.builtin import builtin_model_dir
     from prune_job.checkpoint import CheckpointWriter
     from prune_job.spec import Pattern
 

@@ -37,7 +37,7 @@ def load_document(path: str) -> dict[str, Any]:
 def parse_file(path: str, check_machine: bool = True) -> PruneJob:
     job = parse_prunejob(load_document(path))
     if check_machine:
-        from prune_job.preflight import preflight
+        from prune_job.sources.preflight import preflight
 
         problems = preflight(job)
         if problems:
@@ -54,12 +54,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def make_reporter(kind: str, job: PruneJob):
     if kind == "kubernetes":
-        from prune_job.kube_status import KubernetesReporter
+        from prune_job.status import KubernetesReporter
 
         name = os.environ.get("PRUNEJOB_NAME") or job.metadata.name
         namespace = os.environ.get("PRUNEJOB_NAMESPACE") or job.metadata.namespace or "default"
         return KubernetesReporter(name=name, namespace=namespace)
-    from prune_job.report_status import NullReporter
+    from prune_job.status import NullReporter
 
     return NullReporter()
 
@@ -108,31 +108,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(detail: Any) -> None:
-    try:
-        from prune_job.evaluation import summary_table
-    except ImportError:
-        return
+    from prune_job.evaluation import summary_table
+
     print(summary_table(detail))
 
 
 def known_failures() -> tuple[type[BaseException], ...]:
-    """Errors that are the input's or the environment's, not bugs: no traceback."""
-    kinds: list[type[BaseException]] = [CliError, SpecError, FileNotFoundError, PermissionError]
-    try:
-        from prune_job.algorithms import FactorizationError
-        from prune_job.checkpoint import CheckpointError
-        from prune_job.pipeline.model import ModelFormatError
+    """Errors that are the input's or the environment's, not bugs: no traceback.
+    Imported here, not at the top: `validate` should not pay for importing torch."""
+    from prune_job.algorithms import FactorizationError
+    from prune_job.checkpoint import CheckpointError
+    from prune_job.sources.models import ModelFormatError
+    from prune_job.storage import StorageError
 
-        kinds += [FactorizationError, ModelFormatError, CheckpointError]
-    except ImportError:
-        pass
-    try:
-        from prune_job.storage import StorageError
-
-        kinds.append(StorageError)
-    except ImportError:
-        pass
-    return tuple(kinds)
+    return (CliError, SpecError, FileNotFoundError, PermissionError, FactorizationError, ModelFormatError,
+            CheckpointError, StorageError)
 
 
 def build_parser() -> argparse.ArgumentParser:

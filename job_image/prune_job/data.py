@@ -1,83 +1,23 @@
-"""Calibration and evaluation token windows (DESIGN.md, "Calibration and evaluation files").
+"""Calibration and evaluation token windows (README, "Running a PruneJob on one machine").
 
 `.txt` is tokenised and cut into consecutive windows of `sequenceLength`
 tokens, BOS first where the tokenizer has one. `.jsonl` rows are
 `{"text": ...}` (tokenised, truncated) or `{"input_ids": [...]}` (used exactly,
-one sample per row). `builtin:pydoc` is the CPython pydoc topics text minus its
-last quarter, which is `builtin:pydoc-heldout`: evaluation never sees
-calibration text.
+one sample per row). Reading the files is `sources.texts`'s job.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
+from prune_job.sources.texts import TextSource
 from prune_job.spec import SpecError
-from prune_job.uris import local_path
 
 log = logging.getLogger(__name__)
-HELDOUT_FRACTION = 0.25
-
-
-def pydoc_text(part: str) -> str:
-    """Deterministic split of pydoc_data.topics: 'pydoc' (calibration) or 'pydoc-heldout'."""
-    from pydoc_data.topics import topics
-
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    cut = text.rfind("\n\n", 0, int(len(text) * (1 - HELDOUT_FRACTION)))
-    return text[:cut] if part == "pydoc" else text[cut + 2 :]
-
-
-@dataclass
-class TextSource:
-    """Either one running text, or rows (each text or exact token ids)."""
-
-    text: Optional[str] = None
-    rows: Optional[list[dict[str, Any]]] = None
-    name: str = ""
-
-
-def read_source(uri: str, field: str, fetch: Optional[Callable[[str], Path]] = None) -> TextSource:
-    """Read a data URI; `fetch` turns remote URIs (s3://) into local files."""
-    if uri.startswith("builtin:"):
-        return TextSource(text=pydoc_text(uri.removeprefix("builtin:")), name=uri)
-    if uri.startswith("s3://"):
-        if fetch is None:
-            raise SpecError([(field, "s3:// data needs the storage extra (minio)")])
-        path = fetch(uri)
-    else:
-        path = local_path(uri)
-    if not path.is_file():
-        raise SpecError([(field, f"{path} does not exist or is not a file")])
-    if path.suffix == ".txt":
-        return TextSource(text=path.read_text(encoding="utf-8"), name=uri)
-    if path.suffix == ".jsonl":
-        return TextSource(rows=_read_jsonl(path, field), name=uri)
-    raise SpecError([(field, f"{path.name}: use a .txt or .jsonl file")])
-
-
-def _read_jsonl(path: Path, field: str) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SpecError([(field, f"{path.name} line {n}: not JSON ({err.msg})")]) from None
-            if not isinstance(row, dict) or not ({"text", "input_ids"} & row.keys()):
-                raise SpecError([(field, f'{path.name} line {n}: expected {{"text": ...}} or {{"input_ids": [...]}}')])
-            rows.append(row)
-    if not rows:
-        raise SpecError([(field, f"{path.name} has no rows")])
-    return rows
 
 
 def token_windows(

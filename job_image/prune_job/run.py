@@ -1,6 +1,6 @@
 """One PruneJob, start to end, on this machine: resolve the model, read the
 calibration windows, prune block by block into the checkpoint writer,
-evaluate, and assemble the results (DESIGN.md, "One PruneJob, end to end")."""
+evaluate, and assemble the results (docs/architecture.md, "The path of one PruneJob")."""
 from __future__ import annotations
 
 import json
@@ -14,14 +14,20 @@ from typing import Any, Optional
 import torch
 
 from prune_job import __version__
-from prune_job.data import LazyTokenizer, ids_digest, micro_batches, read_source, token_windows
+from prune_job import storage
+from prune_job.checkpoint import CheckpointWriter, WriteSummary
+from prune_job.data import LazyTokenizer, ids_digest, micro_batches, token_windows
+from prune_job.evaluation import evaluate, write_report
+from prune_job.evaluation.driver import Evaluation
 from prune_job.pipeline.memory import micro_batch_tokens
 from prune_job.pipeline.model import ModelHandle, default_device, open_model
 from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
-from prune_job.progress import RunProgress
-from prune_job.report_status import NullReporter, StatusReporter
-from prune_job.sources import is_remote, output_dir, resolve_model
-from prune_job.spec import CalibrationUsed, LayerSparsity, PruneJob, ResultsDetail
+from prune_job.sources.builtin import cache_root
+from prune_job.sources.models import output_dir, resolve_model
+from prune_job.sources.texts import read_source
+from prune_job.sources.uris import parse_uri
+from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail
+from prune_job.status import NullReporter, RunProgress, StatusReporter
 
 log = logging.getLogger(__name__)
 COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -56,7 +62,7 @@ def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
     check_targets(handle, spec.pruning)
     tokenizer = LazyTokenizer(model_dir, spec.model.trust_remote_code)
     windows: list[torch.Tensor] = []
-    if spec.pruning.method != "magnitude" and spec.pruning.sparsity > 0:
+    if spec.pruning.needs_calibration:
         cal = spec.calibration
         source = read_source(cal.uri, "spec.calibration.uri", fetch)
         windows = token_windows(source, tokenizer, cal.samples, cal.sequence_length, cal.seed,
@@ -69,20 +75,12 @@ def _vocab_size(handle: ModelHandle) -> Optional[int]:
     return getattr(emb, "num_embeddings", None)
 
 
-def _fetcher():
-    def fetch(uri: str) -> Path:
-        from prune_job import storage
-        from prune_job.builtin import cache_root
-
-        return storage.fetch_data(uri, cache_root() / "s3")
-
-    return fetch
+def _fetch(uri: str) -> Path:
+    return storage.fetch_data(uri, cache_root() / "s3")
 
 
 def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = None, show_bar: bool = True) -> ResultsDetail:
     """Run a PruneJob; return results.json's model (also written beside the checkpoint)."""
-    from prune_job.checkpoint import CheckpointWriter
-
     spec = job.spec
     reporter = reporter or NullReporter()
     progress = RunProgress(reporter, show_bar)
@@ -90,43 +88,40 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     torch.manual_seed(spec.calibration.seed)
 
     progress.stage("resolving")
-    prepared = prepare(job, _fetcher())
+    prepared = prepare(job, _fetch)
     handle = prepared.handle
     out_dir = output_dir(spec.output.uri, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    uploader = _uploader(spec.output.uri, out_dir)
+    uploader = storage.Uploader(spec.output.uri, out_dir) if parse_uri(spec.output.uri).is_remote else None
 
-    writer = CheckpointWriter(out_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
-                              on_file_written=uploader)
-    progress.stage("pruning", total=handle.num_blocks)
-    t_prune = time.perf_counter()
-    batches = micro_batches(prepared.windows, micro_batch_tokens(handle.device))
-    pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done)
-    seconds_prune = time.perf_counter() - t_prune
+    with CheckpointWriter(out_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
+                          on_file_written=uploader) as writer:
+        progress.stage("pruning", total=handle.num_blocks)
+        t_prune = time.perf_counter()
+        batches = micro_batches(prepared.windows, micro_batch_tokens(handle.device))
+        pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done)
+        seconds_prune = time.perf_counter() - t_prune
+        progress.stage("writing")
+        for name in COPIED_FILES:
+            if (prepared.model_dir / name).is_file():
+                writer.add_file(name, prepared.model_dir / name)
+        written = writer.finish(_manifest_fields(job, prepared))
 
-    progress.stage("writing")
-    for name in COPIED_FILES:
-        if (prepared.model_dir / name).is_file():
-            writer.add_file(name, prepared.model_dir / name)
-    detail = _results(job, prepared, pruned, seconds_prune)
-    summary = writer.finish(_manifest_fields(job, detail))
-    detail.artifact.uri = spec.output.uri
-    detail.artifact.bytes = summary.bytes
-    detail.artifact.dense_bytes = summary.dense_bytes
-    detail.artifact.manifest = _join(spec.output.uri, Path(summary.manifest).name)
-
+    evaluation, seconds_evaluate = None, 0.0
     if spec.evaluation.enabled:
         progress.stage("evaluating")
         t_eval = time.perf_counter()
-        _evaluate(job, prepared, out_dir, detail, progress)
-        detail.seconds.evaluate = time.perf_counter() - t_eval
+        evaluation = evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=out_dir,
+                              tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress)
+        seconds_evaluate = time.perf_counter() - t_eval
 
+    detail = assemble_results(job, prepared, pruned, written, evaluation)
+    detail.seconds.prune = seconds_prune
+    detail.seconds.evaluate = seconds_evaluate
     detail.seconds.total = time.perf_counter() - t_start
     detail.memory.peak_host_bytes = peak_host_bytes()
     detail.memory.peak_device_bytes = peak_device_bytes()
-    from prune_job.evaluation import write_report
-
-    write_report(detail, out_dir)  # results.json, report.md and plots, with the final seconds and memory
+    write_report(detail, out_dir)  # results.json, report.md and plots: once, with the final seconds and memory
     if uploader is not None:
         progress.stage("uploading")
         uploader.sync()  # results.json, report.md and plots written after the checkpoint
@@ -137,53 +132,48 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     return detail
 
 
-def _join(uri: str, name: str) -> str:
-    return uri.rstrip("/") + "/" + name
-
-
-def _uploader(uri: str, out_dir: Path):
-    if not is_remote(uri):
-        return None
-    from prune_job import storage
-
-    return storage.Uploader(uri, out_dir)
-
-
-def _results(job: PruneJob, prepared: Prepared, pruned: PruneResult, seconds_prune: float) -> ResultsDetail:
+def assemble_results(job: PruneJob, prepared: Prepared, pruned: PruneResult, written: WriteSummary,
+                     evaluation: Optional[Evaluation]) -> ResultsDetail:
+    """results.json from what each stage returned: the pruned layers (zeros counted by the
+    checkpoint writer), the written checkpoint, and the evaluation."""
     spec = job.spec
-    cal = spec.calibration
     detail = ResultsDetail(
         sparsity=pruned.sparsity,
         method=spec.pruning.method,
         pattern=spec.pruning.pattern,
         target_sparsity=spec.pruning.sparsity,
         device=str(prepared.handle.device),
-        layers=[LayerSparsity(name=l.name, block=l.block, shape=list(l.shape), sparsity=l.sparsity, group=l.group)
-                for l in pruned.layers],
+        layers=pruned.layers,
+        calibration=_calibration_used(job, prepared),
     )
-    if prepared.windows:
-        detail.calibration = CalibrationUsed(
-            uri=cal.uri, samples=len(prepared.windows), sequence_length=cal.sequence_length, seed=cal.seed,
-            tokens=sum(len(w) for w in prepared.windows), ids_sha256=ids_digest(prepared.windows),
-        )
-    detail.seconds.prune = seconds_prune
+    detail.artifact.uri = spec.output.uri
+    detail.artifact.bytes = written.bytes
+    detail.artifact.dense_bytes = written.dense_bytes
+    detail.artifact.manifest = parse_uri(spec.output.uri).join(written.manifest.name)
+    if evaluation is not None:
+        for name, value in vars(evaluation).items():
+            setattr(detail, name, value)
     return detail
 
 
-def _manifest_fields(job: PruneJob, detail: ResultsDetail) -> dict[str, Any]:
+def _calibration_used(job: PruneJob, prepared: Prepared) -> Optional[CalibrationUsed]:
+    if not prepared.windows:
+        return None
+    cal = job.spec.calibration
+    return CalibrationUsed(
+        uri=cal.uri, samples=len(prepared.windows), sequence_length=cal.sequence_length, seed=cal.seed,
+        tokens=sum(len(w) for w in prepared.windows), ids_sha256=ids_digest(prepared.windows),
+    )
+
+
+def _manifest_fields(job: PruneJob, prepared: Prepared) -> dict[str, Any]:
+    """What the manifest records of the job; the writer adds the sparsity it counted."""
     spec = job.spec
+    calibration = _calibration_used(job, prepared)
     return {
         "tool": {"name": "prune-job", "version": __version__},
         "source": {"uri": spec.model.uri, "revision": spec.model.revision, "dtype": spec.model.dtype},
         "pruning": json.loads(spec.pruning.model_dump_json(by_alias=True)),
-        "calibration": json.loads(detail.calibration.model_dump_json(by_alias=True)) if detail.calibration else None,
-        "sparsity": {"target": spec.pruning.sparsity, "measured": detail.sparsity,
-                     "layers": {l.name: l.sparsity for l in detail.layers}},
+        "calibration": json.loads(calibration.model_dump_json(by_alias=True)) if calibration else None,
+        "sparsity": {"target": spec.pruning.sparsity},
     }
-
-
-def _evaluate(job: PruneJob, prepared: Prepared, out_dir: Path, detail: ResultsDetail, progress: RunProgress) -> None:
-    from prune_job.evaluation import evaluate
-
-    evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=out_dir, tokenizer=prepared.tokenizer,
-             detail=detail, fetch=_fetcher(), progress=progress)

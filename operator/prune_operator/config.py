@@ -13,7 +13,7 @@ DEFAULT_JOB_IMAGE = "ghcr.io/prune-operator/prune-job:0.1.0"
 class OperatorConfig:
     job_image: str = DEFAULT_JOB_IMAGE
     image_pull_policy: str = "IfNotPresent"
-    # In-pod paths of the worker (the Job's command line; see CONTEXT/DESIGN "Worker command line").
+    # In-pod paths of the worker (its command line: prunejob.builders.worker_args).
     spec_dir: str = "/etc/prune-job"
     scratch_dir: str = "/scratch"
     run_as_user: int = 1000
@@ -22,6 +22,7 @@ class OperatorConfig:
     s3_endpoint: Optional[str] = None  # default AWS_ENDPOINT_URL when the credentials Secret has no `endpoint`
     retry_delay: float = 5.0  # seconds before a handler that met API trouble runs again
     resync_seconds: float = 60.0  # how often unfinished PruneJobs are re-synced from their Jobs
+    schedule_tick_seconds: float = 10.0  # how often every PruneSchedule is synced: what starts runs on time
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "OperatorConfig":

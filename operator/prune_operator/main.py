@@ -7,16 +7,13 @@ the operator runs standalone (no Kopf peering), so two operators never act on
 the same PruneJob. With `--peering NAME` several replicas may run and Kopf's
 peering (the KopfPeering CRDs must be installed) keeps one active.
 
-Other controllers (e.g. PruneSchedules) plug in by providing a module
-`prune_operator.schedules` with `register(registry: kopf.OperatorRegistry)`:
-it is imported when present.
+Each controller (prunejob/, schedule/) has `register(registry)` in its
+handlers module; a new one is added to CONTROLLERS.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import logging
 import sys
 from typing import Any, Collection, Optional
@@ -25,25 +22,24 @@ import kopf
 from kubernetes.client import Configuration
 
 from prune_job import spec as api
-from prune_operator import metrics, prunejobs
 from prune_operator.config import OperatorConfig
 from prune_operator.kube import Kube, connection_info, load_configuration
+from prune_operator.prunejob import handlers as prunejob_handlers
+from prune_operator.schedule import handlers as schedule_handlers
 
-PLUGINS = ("prune_operator.schedules",)
+CONTROLLERS = (prunejob_handlers, schedule_handlers)
 
 
 def build_registry(configuration: Configuration) -> kopf.OperatorRegistry:
-    """Every handler of the operator: login, PruneJobs, and the plugins present."""
+    """Every handler of the operator: login, then each controller's."""
     registry = kopf.OperatorRegistry()
 
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(**connection_info(configuration))
 
     kopf.on.login(id="login", registry=registry)(login)
-    prunejobs.register(registry)
-    for name in PLUGINS:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(registry)
+    for controller in CONTROLLERS:
+        controller.register(registry)
     return registry
 
 
@@ -54,7 +50,8 @@ def build_settings(peering: Optional[str] = None) -> kopf.OperatorSettings:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.WARNING  # Events for transitions come from reconcile; Kopf adds only trouble
+    # Events for transitions come from conditions.post_events; Kopf posts only trouble.
+    settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
@@ -64,9 +61,8 @@ def build_settings(peering: Optional[str] = None) -> kopf.OperatorSettings:
     return settings
 
 
-def build_memo(configuration: Configuration, config: OperatorConfig, namespaces: Collection[str] = ()) -> kopf.Memo:
-    return kopf.Memo(config=config, kube=Kube(configuration), phases=metrics.PhaseTracker(),
-                     namespaces=list(namespaces))
+def build_memo(configuration: Configuration, config: OperatorConfig) -> kopf.Memo:
+    return kopf.Memo(config=config, kube=Kube(configuration))
 
 
 async def run(
@@ -80,7 +76,7 @@ async def run(
     ready_flag: Any = None,
 ) -> None:
     """Run the operator until `stop_flag` is set (or forever)."""
-    memo = build_memo(configuration, config, namespaces)
+    memo = build_memo(configuration, config)
     try:
         await kopf.operator(
             registry=build_registry(configuration),

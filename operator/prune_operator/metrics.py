@@ -1,13 +1,12 @@
-"""Prometheus metrics: PruneJobs by phase, handler latency and errors, Jobs created.
+"""Prometheus metrics: PruneJobs by phase, handler latency and errors, Jobs created, Events.
 
 Served by `prometheus_client.start_http_server` on --metrics-port (main.py).
 """
 from __future__ import annotations
 
 import functools
-import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -20,31 +19,22 @@ HANDLER_SECONDS = Histogram(
 )
 HANDLER_ERRORS = Counter("prune_operator_handler_errors_total", "Handler invocations that raised", ["handler", "error"])
 JOBS_CREATED = Counter("prune_operator_jobs_created_total", "batch/v1 Jobs created for PruneJobs")
-EVENTS_POSTED = Counter("prune_operator_events_total", "Events posted on PruneJob transitions", ["type", "reason"])
+EVENTS_POSTED = Counter("prune_operator_events_total", "Events posted on PruneJob and PruneSchedule transitions",
+                        ["type", "reason"])
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class PhaseTracker:
-    """Phase of every PruneJob (by namespace/name); keeps the by-phase gauge true."""
+def count_phases(phases: Iterable[str]) -> None:
+    """Set the by-phase gauge from the phase of every PruneJob known now (phases not seen count 0)."""
+    counts = {phase: 0 for phase in PHASES}
+    for phase in phases:
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase, count in counts.items():
+        PRUNEJOBS.labels(phase).set(count)
 
-    def __init__(self) -> None:
-        self._phases: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()
-        for phase in PHASES:
-            PRUNEJOBS.labels(phase).set(0)
 
-    def observe(self, namespace: str, name: str, phase: str | None) -> None:
-        with self._lock:
-            if phase is None:
-                self._phases.pop((namespace, name), None)
-            else:
-                self._phases[(namespace, name)] = phase
-            counts = {p: 0 for p in PHASES}
-            for value in self._phases.values():
-                counts[value] = counts.get(value, 0) + 1
-        for phase, count in counts.items():
-            PRUNEJOBS.labels(phase).set(count)
+count_phases(())  # every phase is reported from the start, at 0
 
 
 def instrumented(handler_id: str) -> Callable[[F], F]:

@@ -1,17 +1,23 @@
-"""Every permission the controller needs, in one list: the Helm chart's
-ClusterRole must grant exactly these (its tests compare against RULES).
+"""Every permission the controller needs (both controllers, PruneJob and
+PruneSchedule), in one list: the Helm chart's rules are generated from it
+(chartfiles.py), and tests check that it grants every request the operator
+makes against the API emulator.
 
 Why each is here:
-- prunejobs: watch (Kopf), patch (Kopf's progress annotations);
-  prunejobs/status: the controller writes phase/conditions. Holding get+patch
+- prunejobs: watch and index (Kopf), patch (Kopf's progress annotations);
+  create and delete: the schedule controller's runs (and their history).
+- prunejobs/status: the controller writes phase/conditions. Holding get+patch
   on prunejobs/status is also what lets it grant them to the worker's Role
   (RBAC forbids granting what one does not hold).
-- prunejobs/finalizers: update, needed to set blockOwnerDeletion on children.
+- pruneschedules: watch and index (Kopf), get (a sync reads it fresh);
+  pruneschedules/status: patch.
+- prunejobs/finalizers, pruneschedules/finalizers: update, needed to set
+  blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement).
 - serviceaccounts, roles, rolebindings, configmaps: the worker's identity and
   spec, created per PruneJob.
 - jobs: create, watch, and patch (runPolicy.suspend).
 - pods: read a failed pod's termination reason (e.g. OOMKilled).
-- events: Kopf and the controller post Events.
+- events: the controllers (conditions.post_events) and Kopf post Events.
 - namespaces, customresourcedefinitions: Kopf's discovery and namespace watch.
 """
 from __future__ import annotations
@@ -21,9 +27,13 @@ from typing import Any
 from prune_job import spec as api
 
 RULES: list[dict[str, Any]] = [
-    {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [api.GROUP], "resources": [api.PLURAL],
+     "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [api.GROUP], "resources": [api.SCHEDULE_PLURAL], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.SCHEDULE_PLURAL}/status"], "verbs": ["patch"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.SCHEDULE_PLURAL}/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["serviceaccounts", "configmaps"], "verbs": ["get", "create"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},

@@ -15,7 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from prune_operator import builders, chartfiles, crdgen, main as operator_main
+from prune_operator import chartfiles, crdgen, main as operator_main, rbac
+from prune_operator.prunejob import builders
 from prune_operator.config import OperatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,7 +189,7 @@ def granted(docs: list[dict[str, Any]], kind: str, namespace: str | None = None)
 
 def test_rbac_all_namespaces_equals_what_the_controller_needs(rendered):
     docs = rendered["default"]
-    assert granted(docs, "ClusterRole") == chartfiles.permissions(chartfiles.controller_rules())
+    assert granted(docs, "ClusterRole") == chartfiles.permissions(rbac.RULES)
     assert by_kind(docs, "Role") == []
     binding = one(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-prune-operator", "namespace": NAMESPACE}]
@@ -196,7 +197,7 @@ def test_rbac_all_namespaces_equals_what_the_controller_needs(rendered):
 
 def test_rbac_namespace_list_grants_per_namespace(rendered):
     docs = rendered["non-default"]
-    needed = chartfiles.permissions(chartfiles.controller_rules())
+    needed = chartfiles.permissions(rbac.RULES)
     cluster = granted(docs, "ClusterRole")
     assert {(g, r.split("/")[0]) for g, r, _, _ in cluster} <= chartfiles.CLUSTER_SCOPED
     for namespace in ("ml", "research"):
@@ -214,13 +215,6 @@ def test_rbac_has_no_wildcards_and_no_secrets(rendered):
 
 def test_generated_chart_files_are_fresh():
     assert chartfiles.main([str(CHART), "--check"]) == 0, "run `make crds`"
-
-
-def test_controller_rules_cover_the_pruneschedule_controller():
-    from prune_operator import rbac, schedule_logic
-
-    assert chartfiles.permissions(schedule_logic.RBAC_RULES) <= chartfiles.permissions(chartfiles.controller_rules())
-    assert chartfiles.permissions(rbac.RULES) <= chartfiles.permissions(chartfiles.controller_rules())
 
 
 # ---------------------------------------------------------------- CRDs

@@ -1,6 +1,7 @@
 """evaluate(): the entry point the orchestrator calls after the checkpoint is written."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -8,18 +9,15 @@ import torch
 from safetensors.torch import load_file
 
 from eval_fixtures import ids_file, make_job
+from prune_job.checkpoint.sparsity import iter_safetensors, measure_layers
 from prune_job.evaluation import evaluate
 from prune_job.evaluation import generation
-from prune_job.spec import LayerSparsity, ResultsDetail
+from prune_job.spec import Pattern
 
 
 def test_evaluate_dense_format_folder(tiny_dense, tiny_sparse, tmp_path):
     job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 32), tmp_path / "out")
-    report_dir = tmp_path / "report"
-    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_dir=tiny_sparse, detail=ResultsDetail(),
-                      report_dir=report_dir)
-    assert detail.sparsity == 0.5 and len(detail.layers) == 14
-    assert all(layer.pattern_ok and layer.zeros * 2 == layer.numel for layer in detail.layers)
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_dir=tiny_sparse)
     ppl = detail.perplexity
     assert ppl.dense > 1 and ppl.sparse > 1 and ppl.dense != ppl.sparse
     assert detail.perplexity_detail.tokens == 4 * 31 and detail.perplexity_detail.method == "streamed"
@@ -30,19 +28,15 @@ def test_evaluate_dense_format_folder(tiny_dense, tiny_sparse, tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in (gen.dense.tokens_per_second, gen.sparse.tokens_per_second))
     assert detail.cost_per_million_tokens.dense > 0 and detail.cost_per_million_tokens.sparse > 0
     assert detail.environment.memory_kind == "host-rss"
-    assert {p.name for p in report_dir.iterdir()} >= {"report.md", "results.json", "sparsity_by_block.png"}
 
 
-def test_evaluate_in_memory_state_and_listed_layers(tiny_dense, tiny_sparse, tmp_path):
-    """A state dict instead of a folder; the orchestrator's layer list decides what is counted."""
+def test_evaluate_in_memory_state(tiny_dense, tiny_sparse, tmp_path):
+    """A state dict instead of a folder gives the folder's perplexity."""
     state = load_file(next(tiny_sparse.glob("*.safetensors")))
     state = {k: v for k, v in state.items() if k != "lm_head.weight"}  # tied: stored once
-    listed = [LayerSparsity(name="model.layers.1.mlp.up_proj", block=1, sparsity=0.5, group=["x"])]
     job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out", generation={"enabled": False})
-    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_state=state, detail=ResultsDetail(layers=listed),
-                      report_dir=tmp_path / "r")
-    assert [layer.name for layer in detail.layers] == ["model.layers.1.mlp.up_proj"]
-    assert detail.layers[0].group == ["x"] and detail.layers[0].zeros * 2 == detail.layers[0].numel
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_state=state)
+    assert detail.perplexity == evaluate(job=job, dense_dir=tiny_dense, sparse_dir=tiny_sparse).perplexity
     assert detail.generation_runs == [] and "disabled" in detail.generation.note
     assert detail.perplexity.sparse > 1
 
@@ -50,8 +44,7 @@ def test_evaluate_in_memory_state_and_listed_layers(tiny_dense, tiny_sparse, tmp
 def test_model_too_large_for_generation_still_reports_perplexity(tiny_dense, tiny_sparse, tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "available_bytes", lambda device: 10_000)
     job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out")
-    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_dir=tiny_sparse, detail=ResultsDetail(),
-                      report_dir=tmp_path / "r")
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_dir=tiny_sparse)
     assert detail.perplexity.dense is not None and detail.perplexity.sparse is not None
     assert detail.generation.note.startswith("does not fit: the whole model")
     assert all(r.figures is None for r in detail.generation_runs)
@@ -61,24 +54,28 @@ def test_model_too_large_for_generation_still_reports_perplexity(tiny_dense, tin
 def test_needs_exactly_one_sparse_source(tiny_dense, tmp_path):
     job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out")
     with pytest.raises(ValueError):
-        evaluate(job=job, dense_dir=tiny_dense, detail=ResultsDetail())
+        evaluate(job=job, dense_dir=tiny_dense)
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "unstructured"])
 def test_evaluate_compressed_checkpoint_matches_dense_format(tiny_dense, tiny_sparse, tmp_path, pattern):
-    """The checkpoint writer's compressed format gives the same figures as the dense-format folder."""
+    """The checkpoint writer's compressed format gives the same figures as the dense-format folder,
+    and the zeros it counts while encoding are those counted again from the written weights."""
     from prune_job.checkpoint import CheckpointWriter
-    from prune_job.spec import Pattern
 
     writer = CheckpointWriter(tmp_path / "compressed", format="compressed")
     for key, tensor in load_file(next(tiny_sparse.glob("*.safetensors"))).items():
         pruned = ".layers." in key and tensor.dim() == 2
         writer.add(key, tensor, pattern=Pattern(2, 4) if pruned and pattern == "2:4" else None, pruned=pruned)
     writer.add_file("config.json", tiny_sparse / "config.json")
-    writer.finish({})
+    summary = writer.finish({})
     job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out", pattern=pattern,
                    generation={"enabled": False})
-    results = [evaluate(job=job, dense_dir=tiny_dense, sparse_dir=folder, detail=ResultsDetail(),
-                        report_dir=tmp_path / f"r{n}") for n, folder in enumerate([tiny_sparse, tmp_path / "compressed"])]
+    results = [evaluate(job=job, dense_dir=tiny_dense, sparse_dir=folder) for folder in [tiny_sparse, summary.directory]]
     assert results[0].perplexity == results[1].perplexity
-    assert results[0].layers == results[1].layers and results[1].sparsity == 0.5
+    nm = Pattern(2, 4) if pattern == "2:4" else None
+    recounted = measure_layers(iter_safetensors(tiny_sparse), nm)
+    assert sorted(writer.layers.values(), key=lambda l: l.name) == recounted and len(recounted) == 14
+    assert all(layer.zeros * 2 == layer.numel and layer.pattern_ok is not False for layer in recounted)
+    manifest = json.loads((summary.directory / "manifest.json").read_text())
+    assert manifest["sparsity"]["measured"] == 0.5

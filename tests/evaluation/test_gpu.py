@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from eval_fixtures import ids_file, make_job, prune_folder
-from prune_job.evaluation import evaluate, generation, kernels
+from prune_job.evaluation import evaluate, generation, kernels, write_report
 from prune_job.evaluation.memory import PeakMemory
 from prune_job.spec import Pattern, ResultsDetail
 
@@ -74,11 +74,13 @@ def test_evaluate_on_cuda_runs_2_4_kernels_separately(tmp_path):
     dense = save_tiny_model(tmp_path / "dense", "llama", 2, 128, dtype=torch.float16)
     sparse = prune_folder(dense, tmp_path / "sparse")
     job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 32), tmp_path / "out", dtype="float16")
-    detail = evaluate(job=job, dense_dir=dense, sparse_dir=sparse, detail=ResultsDetail(), device=CUDA)
+    detail = evaluate(job=job, dense_dir=dense, sparse_dir=sparse, device=CUDA)
     assert detail.environment.memory_kind == "device" and detail.environment.sparse_kernel
     kernel_runs = [r for r in detail.generation_runs if r.variant == "sparse-kernel"]
     assert len(kernel_runs) == 2 and all(r.figures and r.figures.tokens_per_second > 0 for r in kernel_runs)
     assert detail.generation.sparse_kernel is not None and detail.cost_per_million_tokens.sparse_kernel > 0
     assert any("14 Linear layers converted" in n for n in detail.notes)
     assert math.isfinite(detail.perplexity.sparse)
-    assert (sparse / "report.md").read_text().count("sparse-kernel") >= 2
+    results = ResultsDetail(**vars(detail))
+    write_report(results, tmp_path / "report")
+    assert (tmp_path / "report" / "report.md").read_text().count("sparse-kernel") >= 2

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from prune_job.evaluation.perplexity import Perplexity, increase_percent
 from prune_job.pipeline.model import open_model
-from prune_job.pipeline.stream import streamed_nll
+from prune_job.evaluation.perplexity import streamed_nll
 
 
 def windows(n: int, length: int, vocab: int = 256) -> torch.Tensor:

@@ -17,9 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from prune_job.schedule_spec import parse_schedule_spec
-from prune_job.spec import parse_prunejob
-from prune_operator.schedule_logic import next_time
+from prune_job.spec import parse_prunejob, parse_schedule_spec
+from prune_operator.schedule.plan import next_time
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from lupa import lua51
 
-from prune_job.schedule_spec import PruneSchedule
-from prune_job.spec import PruneJobStatus, parse_prunejob
+from prune_job.spec import PruneJobStatus, PruneSchedule, parse_prunejob
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOM = ROOT / "gitops" / "argocd" / "resource_customizations" / "pruning.dev"

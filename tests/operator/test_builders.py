@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from prune_job import spec as api
-from prune_operator import builders, rbac
+from prune_operator import rbac
+from prune_operator.prunejob import builders
 from prune_operator.config import OperatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 
 from operator_harness import pod_identity, wait_for
 from kubeutil import create_prunejob, prunejob, requests_with_token, status_of
-from prune_job.kube_status import KubernetesReporter, progress_document
+from prune_job.status.kubernetes import KubernetesReporter, progress_document
 from prune_job.spec import Progress, Results
 
 

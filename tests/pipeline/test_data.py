@@ -1,10 +1,11 @@
-"""Calibration/evaluation windows as DESIGN.md describes them."""
+"""Calibration/evaluation windows as the README describes them."""
 import json
 
 import pytest
 import torch
 
-from prune_job.data import LazyTokenizer, ids_digest, micro_batches, pydoc_text, read_source, token_windows
+from prune_job.data import LazyTokenizer, ids_digest, micro_batches, token_windows
+from prune_job.sources.texts import pydoc_text, read_source
 from prune_job.spec import SpecError
 
 

@@ -7,17 +7,8 @@ from prune_job import algorithms
 from prune_job.pipeline.model import PRUNABLE, ModelFormatError, open_model
 from prune_job.pipeline.prune import prune_model
 from prune_job.spec import Pruning
+from memory_sink import MemorySink
 from tiny_models import ARCHS
-
-
-class DictSink:
-    def __init__(self):
-        self.tensors, self.patterns = {}, {}
-
-    def add(self, name, tensor, pattern=None, pruned=False):
-        self.tensors[name] = tensor.detach().clone()
-        if pruned:
-            self.patterns[name] = pattern
 
 
 def calibration(n=4, length=12, seed=3):
@@ -54,7 +45,7 @@ def test_pipeline_matches_in_memory_reference(tiny_model_factory, arch):
     path = tiny_model_factory(arch, layers=3)
     pruning = Pruning(method="wanda", sparsity=0.5, sequential=False)
     batches = calibration()
-    sink = DictSink()
+    sink = MemorySink()
     handle = open_model(path, device=torch.device("cpu"))
     result = prune_model(handle, pruning, batches, sink)
     expected = reference_prune(path, pruning, batches)
@@ -70,7 +61,7 @@ def test_pipeline_matches_in_memory_reference(tiny_model_factory, arch):
 
 def test_shared_inputs_form_groups(tiny_model_factory):
     handle = open_model(tiny_model_factory("llama"), device=torch.device("cpu"))
-    result = prune_model(handle, Pruning(method="sparsegpt", sparsity=0.5), calibration(), DictSink())
+    result = prune_model(handle, Pruning(method="sparsegpt", sparsity=0.5), calibration(), MemorySink())
     groups = {tuple(sorted(l.group)) for l in result.layers if l.block == 0}
     short = {tuple(n.rsplit(".", 1)[1] for n in g) for g in groups}
     assert short == {("k_proj", "q_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)}
@@ -80,7 +71,7 @@ def test_shared_inputs_form_groups(tiny_model_factory):
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 @pytest.mark.parametrize("sequential", [True, False])
 def test_every_method_and_pattern_runs(tiny_model_factory, method, pattern, sequential):
-    sink = DictSink()
+    sink = MemorySink()
     handle = open_model(tiny_model_factory("llama"), device=torch.device("cpu"))
     pruning = Pruning(method=method, sparsity=0.5, pattern=pattern, sequential=sequential)
     result = prune_model(handle, pruning, calibration(), sink)
@@ -95,7 +86,7 @@ def test_every_method_and_pattern_runs(tiny_model_factory, method, pattern, sequ
 
 def test_sparsity_zero_is_identity(tiny_model_factory):
     path = tiny_model_factory("qwen2")
-    sink = DictSink()
+    sink = MemorySink()
     prune_model(open_model(path, device=torch.device("cpu")), Pruning(method="sparsegpt", sparsity=0.0), calibration(), sink)
     expected = AutoModelForCausalLM.from_pretrained(path).state_dict()
     for name, tensor in sink.tensors.items():
@@ -105,7 +96,7 @@ def test_sparsity_zero_is_identity(tiny_model_factory):
 def test_targets_exclude(tiny_model_factory):
     handle = open_model(tiny_model_factory("llama"), device=torch.device("cpu"))
     pruning = Pruning(method="magnitude", sparsity=0.5, targets={"exclude": ["lm_head", r"mlp\."]})
-    result = prune_model(handle, pruning, [], DictSink())
+    result = prune_model(handle, pruning, [], MemorySink())
     assert result.layers and all("mlp" not in l.name for l in result.layers)
 
 

@@ -8,31 +8,17 @@ import math
 import pytest
 import torch
 
-from prune_job.builtin import builtin_model_dir
-from prune_job.data import load_tokenizer, micro_batches, pydoc_text, read_source, token_windows
+from memory_sink import MemorySink
+from prune_job.data import load_tokenizer, micro_batches, token_windows
+from prune_job.evaluation.perplexity import perplexity, streamed_nll
 from prune_job.pipeline.model import open_model
 from prune_job.pipeline.prune import prune_model
-from prune_job.pipeline.stream import perplexity, streamed_nll
+from prune_job.sources.builtin import builtin_model_dir
+from prune_job.sources.texts import pydoc_text, read_source
 from prune_job.spec import Pruning
 
 pytestmark = pytest.mark.slow
 LENGTH = 256
-
-
-class MemoryIndex:
-    """A pruned state dict held in memory, read like the safetensors index."""
-
-    def __init__(self):
-        self.location = {}
-
-    def add(self, name, tensor, pattern=None, pruned=False):
-        self.location[name] = tensor.clone()
-
-    def __contains__(self, key):
-        return key in self.location
-
-    def read(self, keys):
-        return {k: self.location[k] for k in keys}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +43,7 @@ def test_sparsegpt_and_wanda_beat_magnitude(smollm2):
     path, calib, held = smollm2
     figures = {"dense": ppl(path, held)}
     for method in ("magnitude", "wanda", "sparsegpt"):
-        sink = MemoryIndex()
+        sink = MemorySink()
         result = prune_model(open_model(path, device=torch.device("cpu")),
                              Pruning(method=method, sparsity=0.5, sequential=False), calib, sink)
         assert abs(result.sparsity - 0.5) < 1e-6

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import kubernetes_validate
 
-from prune_job.schedule_spec import ActiveRef, PruneScheduleStatus
-from prune_operator.schedule_logic import (
-    Event, event_manifest, first_seen, refused_status, status_document, status_patch,
-)
+from prune_job.spec import ActiveRef, PruneScheduleStatus
+from prune_operator.conditions import Event, event_manifest
+from prune_operator.schedule.plan import first_seen, refused_status, status_document, status_patch
 from world import utc
 
 SCHEDULE = {"metadata": {"name": "nightly", "namespace": "ml", "uid": "u-1"}}
@@ -40,10 +39,18 @@ def test_first_seen_is_when_the_schedule_was_accepted():
 
 
 def test_event_manifest():
-    event = event_manifest(SCHEDULE, Event("Warning", "MissSchedule", "x" * 2000), utc(2026, 1, 1), "prune-operator")
+    event = event_manifest("PruneSchedule", SCHEDULE, Event("Warning", "MissSchedule", "x" * 2000), utc(2026, 1, 1))
     assert event["involvedObject"] == {"apiVersion": "pruning.dev/v1alpha1", "kind": "PruneSchedule",
                                        "name": "nightly", "namespace": "ml", "uid": "u-1"}
     assert event["metadata"] == {"generateName": "nightly.", "namespace": "ml"}
     assert (event["type"], event["reason"], len(event["message"])) == ("Warning", "MissSchedule", 1024)
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-01-01T00:00:00Z"
+    kubernetes_validate.validate(event, "1.31.0", strict=True)
+
+
+def test_a_long_event_message_keeps_its_end():
+    message = "Job pj failed: " + "x" * 3000 + ". Advice: raise spec.resources.memory"
+    event = event_manifest("PruneJob", SCHEDULE, Event("Warning", "BackoffLimitExceeded", message), utc(2026, 1, 1))
+    assert len(event["message"]) == 1024 and event["message"].endswith("Advice: raise spec.resources.memory")
+    assert event["involvedObject"]["kind"] == "PruneJob"
     kubernetes_validate.validate(event, "1.31.0", strict=True)

@@ -5,10 +5,10 @@ from datetime import timedelta
 
 import pytest
 
-from prune_operator.schedule_logic import (
+from prune_operator.schedule.plan import (
     Child, Run, child_from_object, most_recent_missed, owned_by, prunejob_for_run, reconcile, run_name,
 )
-from prune_job.schedule_spec import MAX_SCHEDULE_NAME, PruneScheduleStatus
+from prune_job.spec import MAX_SCHEDULE_NAME, PruneScheduleStatus
 from world import TEMPLATE, World, make_spec, utc
 
 MIN = timedelta(minutes=1)

@@ -2,10 +2,11 @@
 invalid input refused with the field named and a message that says what to do."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from prune_job.schedule_spec import PruneSchedule, parse_schedule_spec
-from prune_job.spec import PruneJobSpec, SpecError
+from prune_job.spec import PruneJobSpec, PruneSchedule, SpecError, parse_schedule_spec
 from world import TEMPLATE
 
 
@@ -76,3 +77,9 @@ def test_whole_document_round_trip():
     dumped = obj.spec.model_dump(by_alias=True, exclude_defaults=True)
     assert dumped["timeZone"] == "Europe/Berlin" and dumped["concurrencyPolicy"] == "Forbid"
     assert dumped["jobTemplate"]["metadata"] == {"labels": {"a": "b"}}
+
+
+def test_without_croniter_the_cron_check_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "croniter", None)  # as in the worker image: the `job` extra lacks it
+    with pytest.raises(ModuleNotFoundError, match=r"prune-operator\[operator\]"):
+        parse_schedule_spec({"schedule": "0 2 * * *", "jobTemplate": TEMPLATE})

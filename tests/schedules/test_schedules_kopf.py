@@ -1,8 +1,9 @@
 """The PruneSchedule handlers under real Kopf, in the operator as shipped
-(main.run, which registers prune_operator.schedules), against the stateful
-API emulator of tests/operator, with the PruneJob controller running beside
-them. The clock is injected (schedules.now) so that hours pass in seconds; the
-test plays the Job controller by writing Job statuses."""
+(main.run, which registers prune_operator.schedule.handlers), against the
+stateful API emulator of tests/operator, with the PruneJob controller running
+beside them. The clock is injected (conditions.now) and the resync ticks every
+0.1 s, so that hours pass in seconds; the test plays the Job controller by
+writing Job statuses."""
 from __future__ import annotations
 
 import sys
@@ -19,10 +20,10 @@ sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
 from emulator import EmulatorThread  # noqa: E402
 from operator_harness import OperatorThread as Operator, wait_for  # noqa: E402
-from prune_operator import schedules  # noqa: E402
+from prune_operator import chartfiles, conditions, rbac  # noqa: E402
+from prune_operator.config import OperatorConfig  # noqa: E402
 from prune_operator.kube import Kube, collection_path, object_path  # noqa: E402
-from prune_operator import chartfiles  # noqa: E402
-from prune_operator.schedule_logic import RBAC_RULES, run_name  # noqa: E402
+from prune_operator.schedule.plan import run_name  # noqa: E402
 
 NS = "sched"
 TEST_AGENT = "schedules-test"
@@ -32,6 +33,18 @@ PJS = ("pruning.dev/v1alpha1", "pruneschedules")
 TEMPLATE = {"spec": {"model": {"uri": "s3://models/tiny/"}, "pruning": {"method": "magnitude", "sparsity": 0.5},
                      "output": {"uri": "s3://pruned/tiny/", "credentialsSecret": "minio-credentials"},
                      "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"}}}
+FAST = OperatorConfig(job_image="example.test/prune-job:test", schedule_tick_seconds=0.1)
+# What the schedule controller does through the API: Kopf lists and watches PruneSchedules
+# and the labelled PruneJobs, a sync GETs the schedule, patches its status, creates and
+# deletes PruneJobs and posts core/v1 Events; owner references with blockOwnerDeletion
+# need `update` on the owner's finalizers.
+SCHEDULE_CONTROLLER_NEEDS = {
+    *(("pruning.dev", "pruneschedules", verb, "") for verb in ("get", "list", "watch")),
+    ("pruning.dev", "pruneschedules/status", "patch", ""),
+    ("pruning.dev", "pruneschedules/finalizers", "update", ""),
+    *(("pruning.dev", "prunejobs", verb, "") for verb in ("list", "watch", "create", "delete")),
+    ("", "events", "create", ""),
+}
 
 
 class Clock:
@@ -62,8 +75,7 @@ def kube(api_server):
 @pytest.fixture
 def clock(monkeypatch):
     fake = Clock(datetime.now(timezone.utc))
-    monkeypatch.setattr(schedules, "now", fake)
-    monkeypatch.setattr(schedules, "TICK_SECONDS", 0.1)
+    monkeypatch.setattr(conditions, "now", fake)
     return fake
 
 
@@ -104,7 +116,7 @@ def boundary(t: datetime, minutes: int = 5) -> datetime:
 
 
 def test_schedule_runs_forbids_trims_history_and_survives_a_restart(api_server, kube, clock):
-    operator = Operator(api_server.url).start()
+    operator = Operator(api_server.url, FAST).start()
     try:
         created = create_schedule(kube, "every5", "*/5 * * * *", concurrencyPolicy="Forbid",
                                   successfulJobsHistoryLimit=1)
@@ -148,7 +160,7 @@ def test_schedule_runs_forbids_trims_history_and_survives_a_restart(api_server, 
 
     # 4. the operator is down across b3 and b4; a new one starts exactly one run (b4), never two
     clock.t = b4 + timedelta(seconds=30)
-    operator = Operator(api_server.url).start()
+    operator = Operator(api_server.url, FAST).start()
     try:
         fourth = run_name("every5", b4)
         wait_for(lambda: fourth in prunejobs(kube, "every5"), what="the run missed during the restart")
@@ -178,13 +190,17 @@ def test_schedule_runs_forbids_trims_history_and_survives_a_restart(api_server, 
 
     # 7. RBAC: every request the operator made is granted by the chart's rules, every schedule rule was used
     used = operator_permissions(api_server)
-    assert used - chartfiles.permissions(chartfiles.controller_rules()) == set()
+    assert used - chartfiles.permissions(rbac.RULES) == set()
     finalizers = {("pruning.dev", "pruneschedules/finalizers", "update", "")}  # checked by admission, not a request
-    assert chartfiles.permissions(RBAC_RULES) - finalizers <= used
+    assert SCHEDULE_CONTROLLER_NEEDS - finalizers <= used
+
+
+def test_the_one_rbac_list_grants_what_the_schedule_controller_needs():
+    assert SCHEDULE_CONTROLLER_NEEDS <= chartfiles.permissions(rbac.RULES)
 
 
 def test_replace_deletes_the_running_prunejob_and_its_job(api_server, kube, clock):
-    operator = Operator(api_server.url).start()
+    operator = Operator(api_server.url, FAST).start()
     try:
         created = create_schedule(kube, "replace5", "*/5 * * * *", concurrencyPolicy="Replace")
         b1 = boundary(datetime.fromisoformat(created["metadata"]["creationTimestamp"].replace("Z", "+00:00")))

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from prune_job.schedule_spec import PruneScheduleSpec, PruneScheduleStatus, parse_schedule_spec
-from prune_operator.schedule_logic import Child, Event, Plan, reconcile
+from prune_job.spec import PruneScheduleSpec, PruneScheduleStatus, parse_schedule_spec
+from prune_operator.conditions import Event
+from prune_operator.schedule.plan import Child, Plan, reconcile
 
 TEMPLATE = {"spec": {"model": {"uri": "builtin:smollm2-135m"}, "output": {"uri": "s3://pruned/nightly/"}}}
 

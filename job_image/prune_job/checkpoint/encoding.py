@@ -25,15 +25,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from prune_job.checkpoint.dtypes import FLOAT_NAMES
 from prune_job.spec import Pattern
 
 ROWS_PER_CHUNK = 1024  # a multiple of 8
 GROUPS_PER_CHUNK = 1 << 20  # a multiple of 8
 MAX_COMBINATION_M = 16
 BITS_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
-               torch.bfloat16: "bfloat16", torch.float8_e4m3fn: "float8_e4m3fn", torch.float8_e5m2: "float8_e5m2"}
-NAME_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 
 
 @dataclass
@@ -45,7 +43,7 @@ class Encoded:
 def encode(name: str, tensor: torch.Tensor, pattern: Optional[Pattern], pruned: bool) -> Encoded:
     """The smallest faithful encoding of a tensor: dense unless pruned and smaller sparse."""
     dense = Encoded({name: tensor}, {"encoding": "dense"})
-    if not pruned or tensor.dtype not in DTYPE_NAMES or tensor.numel() == 0:
+    if not pruned or tensor.dtype not in FLOAT_NAMES or tensor.numel() == 0:
         return dense
     t = tensor.detach().to("cpu").contiguous()
     enc = None
@@ -73,7 +71,7 @@ def _pack_bits(bits: torch.Tensor) -> np.ndarray:
 
 
 def _info(t: torch.Tensor, encoding: str, **extra: Any) -> dict[str, Any]:
-    return {"encoding": encoding, "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), **extra}
+    return {"encoding": encoding, "dtype": FLOAT_NAMES[t.dtype], "shape": list(t.shape), **extra}
 
 
 # -- unstructured ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prune_job.checksums import sha256_file
+from prune_job.storage.checksums import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -13,12 +13,14 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import torch
 from safetensors import safe_open
 
+from prune_job.checkpoint.dtypes import CODE_DTYPES, NAME_DTYPES, WIDE_FLOATS
 from prune_job.checkpoint.encoding import decode
 from prune_job.checkpoint.manifest import MANIFEST, CheckpointError, manifest_entries, read_manifest, verify_file
 from prune_job.checkpoint.writer import COMPRESSED_INDEX, DENSE_INDEX
+from prune_job.pipeline.memory import release_freed_memory
+from prune_job.sources.uris import parse_uri
 
 log = logging.getLogger(__name__)
-SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class VerifiedFolder:
@@ -127,29 +129,28 @@ def load_pretrained(path_or_uri: Union[str, Path], device: Union[str, torch.devi
         raise CheckpointError(f"{folder}: unknown checkpoint format {checked.format!r}")
     model.eval()
     if semi_structured:
-        to_semi_structured(model, reader)
+        from prune_job.evaluation.kernels import to_semi_structured  # the one conversion for runtime
+
+        stored_2_4 = None if reader is None else {n for n in reader.infos if reader.pattern_of(n) == "2:4"}
+        to_semi_structured(model, stored_2_4)
     return model
 
 
 def _local_folder(path_or_uri: Union[str, Path], cache_dir: Union[str, Path, None]) -> Path:
     text = str(path_or_uri)
-    if text.startswith("s3://"):
+    uri = parse_uri(text)
+    if uri.is_remote:
         from prune_job import storage
 
         if cache_dir is None:
-            from prune_job.builtin import cache_root
+            from prune_job.sources.builtin import cache_root
 
             cache_dir = cache_root() / "s3"
         return storage.fetch_model(text, Path(cache_dir))
-    from prune_job.uris import local_path
-
-    folder = local_path(text)
+    folder = uri.local_path()
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a directory")
     return folder
-
-
-SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def _first_float_dtype(files: Iterable[Path]) -> Optional[torch.dtype]:
@@ -157,15 +158,13 @@ def _first_float_dtype(files: Iterable[Path]) -> Optional[torch.dtype]:
     for path in files:
         with safe_open(path, framework="pt") as f:
             for key in f.keys():
-                dtype = SAFETENSORS_FLOATS.get(f.get_slice(key).get_dtype())
-                if dtype is not None:
+                dtype = CODE_DTYPES.get(f.get_slice(key).get_dtype())
+                if dtype in WIDE_FLOATS:
                     return dtype
     return None
 
 
 def _stored_dtype(reader: CompressedReader) -> torch.dtype:
-    from prune_job.checkpoint.encoding import NAME_DTYPES
-
     for info in reader.infos.values():
         if info.get("dtype") in NAME_DTYPES:
             return NAME_DTYPES[info["dtype"]]
@@ -178,7 +177,6 @@ def _load_compressed(reader: CompressedReader, device: torch.device, trust_remot
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
 
-    from prune_job.pipeline.memory import release_freed_memory
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = reader.checked.folder
@@ -204,35 +202,16 @@ def _load_compressed(reader: CompressedReader, device: torch.device, trust_remot
 
 
 def _load_dense(folder: Path, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
+    dtype = _first_float_dtype(sorted(folder.glob("*.safetensors"))) or "auto"
+    return load_hf_folder(folder, dtype, device, trust_remote_code)
+
+
+def load_hf_folder(folder: Path, dtype: Union[str, torch.dtype], device: torch.device,
+                   trust_remote_code: bool = False) -> torch.nn.Module:
+    """A plain Hugging Face folder, whole, on `device`: the one `from_pretrained` of the project
+    (a dense-format checkpoint here, the source model in the evaluation)."""
     from transformers import AutoModelForCausalLM
 
-    dtype = _first_float_dtype(sorted(folder.glob("*.safetensors"))) or "auto"
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": str(device)},
-                                                trust_remote_code=trust_remote_code)
-
-
-@torch.no_grad()
-def to_semi_structured(model: torch.nn.Module, reader: Optional[CompressedReader] = None) -> list[str]:
-    """Replace the weight of every Linear stored as 2:4 (or, without a reader, every
-    Linear whose weight is 2:4) by a semi-structured sparse tensor; returns their names."""
-    from torch.sparse import to_sparse_semi_structured
-
-    converted = []
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        w = module.weight
-        if w.device.type != "cuda" or w.dtype not in SEMI_STRUCTURED_DTYPES:
-            continue
-        if reader is not None and reader.pattern_of(f"{name}.weight") != "2:4":
-            continue
-        if reader is None and not _is_2_4(w):
-            continue
-        module.weight = torch.nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
-        converted.append(name)
-    log.info("semi-structured 2:4 weights: %d Linear layers", len(converted))
-    return converted
-
-
-def _is_2_4(w: torch.Tensor) -> bool:
-    return w.dim() == 2 and w.shape[1] % 4 == 0 and bool(((w.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": str(device)},
+                                                 trust_remote_code=trust_remote_code)
+    return model.eval()

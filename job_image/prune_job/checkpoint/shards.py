@@ -19,11 +19,8 @@ from typing import Optional
 
 import torch
 
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
+from prune_job.checkpoint.dtypes import SAFETENSORS_CODES
+
 COPY_CHUNK = 64 << 20
 
 
@@ -54,10 +51,10 @@ class ShardFile:
         return self.path.with_name(self.path.name + ".data")
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        if tensor.dtype not in SAFETENSORS_DTYPES:
+        if tensor.dtype not in SAFETENSORS_CODES:
             raise TypeError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
         raw = tensor_bytes(tensor)
-        self.entries.append(_Entry(name, SAFETENSORS_DTYPES[tensor.dtype], list(tensor.shape),
+        self.entries.append(_Entry(name, SAFETENSORS_CODES[tensor.dtype], list(tensor.shape),
                                    tensor.element_size(), self.nbytes, len(raw)))
         self._data.write(raw)
         self.nbytes += len(raw)

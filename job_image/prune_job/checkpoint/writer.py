@@ -29,7 +29,8 @@ import torch
 from prune_job.checkpoint.encoding import Encoded, encode
 from prune_job.checkpoint.manifest import FORMAT_VERSION, MANIFEST, CheckpointError, FileEntry, file_entry, write_manifest
 from prune_job.checkpoint.shards import ShardFile
-from prune_job.spec import Pattern
+from prune_job.checkpoint.sparsity import count_layer, overall_sparsity
+from prune_job.spec import LayerSparsity, Pattern
 
 log = logging.getLogger(__name__)
 FORMATS = ("compressed", "dense")
@@ -80,18 +81,26 @@ class CheckpointWriter:
         self.tensor_bytes = 0
         self.dense_tensor_bytes = 0
         self.encodings: dict[str, int] = {}
+        self.layers: dict[str, LayerSparsity] = {}  # stored key -> zeros counted while encoding
         self._finished = False
 
     # -- tensors ---------------------------------------------------------------------------------
-    def add(self, name: str, tensor: torch.Tensor, pattern: Optional[Pattern] = None, pruned: bool = False) -> None:
-        """Store one tensor under its state-dict key; its bytes are on disk when this returns."""
+    def add(self, name: str, tensor: torch.Tensor, pattern: Optional[Pattern] = None, pruned: bool = False,
+            transposed: bool = False) -> Optional[LayerSparsity]:
+        """Store one tensor under its state-dict key; its bytes are on disk when this returns. A pruned
+        weight's zeros are counted here (and `pattern` checked; `transposed`: stored [in, out], as
+        transformers' Conv1D does, so its N:M groups do not run along stored rows and it is encoded as
+        unstructured); the count is returned and goes into the manifest."""
         self._check_open()
         if name in self._tensors or name in self._weight_map:
             raise ValueError(f"tensor {name!r} was already added")
+        counted = count_layer(name, tensor, pattern, transposed) if pruned else None
+        if counted is not None:
+            self.layers[name] = counted
         if self.format == "dense":
             enc = Encoded({name: tensor}, {"encoding": "dense"})
         else:
-            enc = encode(name, tensor, pattern if pruned else None, pruned)
+            enc = encode(name, tensor, pattern if pruned and not transposed else None, pruned)
             self._tensors[name] = enc.info
         size = sum(t.numel() * t.element_size() for t in enc.parts.values())
         shard = self._shard_for(size)
@@ -104,6 +113,7 @@ class CheckpointWriter:
         self.encodings[kind] = self.encodings.get(kind, 0) + 1
         if self._float_dtype is None and tensor.is_floating_point():
             self._float_dtype = tensor.dtype
+        return counted
 
     def _shard_for(self, size: int) -> ShardFile:
         if self._shard is not None and self._shard.entries and self._shard.nbytes + size > self.max_shard_bytes:
@@ -211,6 +221,11 @@ class CheckpointWriter:
         doc.update(fields)
         doc["tensors"] = {"bytes": self.tensor_bytes, "denseBytes": self.dense_tensor_bytes,
                           "encodings": dict(sorted(self.encodings.items()))}
+        if self.layers:
+            doc.setdefault("sparsity", {})
+            doc["sparsity"].update({"measured": overall_sparsity(list(self.layers.values())),
+                                    "layers": {key.removesuffix(".weight"): layer.sparsity
+                                               for key, layer in self.layers.items()}})
         return doc
 
     def _summary(self, entries: list[FileEntry], manifest: Path) -> WriteSummary:

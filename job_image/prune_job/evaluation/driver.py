@@ -1,19 +1,20 @@
 """`evaluate`: dense against sparse under the same conditions, after the
-checkpoint is written. Fills the ResultsDetail the orchestrator passes in and
-writes report.md and its plots beside the checkpoint.
+checkpoint is written. Returns an `Evaluation`; the orchestrator puts it into
+the results (prune_job.run.assemble_results) and writes the report once.
 
-Order: measured sparsity (from the written weights) → perplexity of both
-models with the block-streaming forward (same windows) → generation benchmark
-of both fully loaded models (and, on CUDA, the 2:4 model with semi-structured
-kernels) → cost → report. A model that does not fit for generation is
-recorded in the results; perplexity is still reported.
+Order: perplexity of both models with the block-streaming forward (same
+windows) → generation benchmark of both fully loaded models (and, on CUDA, the
+2:4 model with semi-structured kernels) → cost. A model that does not fit for
+generation is recorded in the results; perplexity is still reported.
+Measured sparsity is not counted here: the checkpoint writer counts it as it
+encodes each pruned tensor.
 """
 from __future__ import annotations
 
 import gc
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -21,22 +22,31 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from prune_job.data import micro_batches, read_source, token_windows
-from prune_job.evaluation import generation, kernels, sparsity
-from prune_job.evaluation.memory import release_freed_host_memory
-from prune_job.evaluation.perplexity import Perplexity, increase_percent
-from prune_job.evaluation.report import write_report
+from prune_job.data import micro_batches, token_windows
+from prune_job.evaluation import generation, kernels
+from prune_job.evaluation.perplexity import Perplexity, increase_percent, streamed_nll
 from prune_job.evaluation.summary import cost_summary, generation_summary
-from prune_job.evaluation.weights import (
-    WeightSource, iter_weights, load_full_model, source_keys, streaming_handle, weight_source,
-)
-from prune_job.pipeline.memory import micro_batch_tokens
+from prune_job.evaluation.weights import WeightSource, load_full_model, streaming_handle, weight_source
+from prune_job.pipeline.memory import micro_batch_tokens, release_freed_memory
 from prune_job.pipeline.model import DTYPES, ModelHandle, default_device, open_model
-from prune_job.pipeline.stream import streamed_nll
+from prune_job.sources.texts import read_source
 from prune_job.spec import (
-    EvaluationEnvironment, GenerationRun, PerplexityDetail, PerplexityResult, PruneJob, ResultsDetail,
+    CostResult, EvaluationEnvironment, GenerationResult, GenerationRun, PerplexityDetail, PerplexityResult,
+    PruneJob,
 )
-from transformers.pytorch_utils import Conv1D
+
+
+@dataclass
+class Evaluation:
+    """What evaluation measured; each field has the same name in ResultsDetail."""
+
+    perplexity: Optional[PerplexityResult] = None
+    perplexity_detail: Optional[PerplexityDetail] = None
+    environment: Optional[EvaluationEnvironment] = None
+    generation: Optional[GenerationResult] = None
+    generation_runs: list[GenerationRun] = field(default_factory=list)
+    cost_per_million_tokens: Optional[CostResult] = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,59 +82,25 @@ def evaluate(
     *,
     job: PruneJob,
     dense_dir: Path,
-    detail: ResultsDetail,
     sparse_dir: Optional[Path] = None,
     sparse_state: Optional[Mapping[str, torch.Tensor]] = None,
     tokenizer: Any = None,
     fetch: Optional[Callable[[str], Path]] = None,
     progress: Any = None,
     device: Optional[torch.device] = None,
-    report_dir: Optional[Path] = None,
-) -> ResultsDetail:
-    """Evaluate `sparse_dir` (or `sparse_state`) against `dense_dir`; fill and return `detail`.
-
-    Writes report.md, the two PNGs and results.json into `report_dir` (default: `sparse_dir`).
-    """
+) -> Evaluation:
+    """Evaluate `sparse_dir` (or `sparse_state`) against `dense_dir`."""
     spec = job.spec
     if (sparse_dir is None) == (sparse_state is None):
         raise ValueError("give exactly one of sparse_dir and sparse_state")
     models = Models(Path(dense_dir), weight_source(sparse_dir if sparse_dir is not None else sparse_state),
                     spec.model.dtype, torch.device(device) if device else default_device(),
                     spec.model.trust_remote_code, spec.model.blocks)
-    measure_sparsity(models, detail, spec.pruning.nm)
+    result = Evaluation()
     windows = eval_windows(job, models, tokenizer, fetch)
-    perplexity(models, windows, detail, job, progress)
-    generate(models, job, detail)
-    out = report_dir or sparse_dir
-    if out is not None:
-        write_report(detail, Path(out))
-    return detail
-
-
-def _transposed_modules(model: nn.Module) -> set[str]:
-    return {name for name, m in model.named_modules() if isinstance(m, Conv1D)}
-
-
-def measure_sparsity(models: Models, detail: ResultsDetail, pattern) -> None:
-    """Count zeros in the written weights of the pruned layers (or, if none are listed, every block Linear)."""
-    listed = {layer.name: layer for layer in detail.layers}
-    if listed:
-        by_name = sparsity.named_layers(listed)
-        select = lambda key: by_name(key, None)  # noqa: E731
-    else:
-        select = lambda key: key.endswith(".weight") and sparsity.block_of(key) is not None  # noqa: E731
-    keys = [k for k in source_keys(models.sparse) if select(k)]
-    measured = sparsity.measure_layers(iter_weights(models.sparse, keys), pattern,
-                                       select=lambda k, t: t.dim() == 2, transposed=_transposed_modules(models.skeleton))
-    for layer in measured:
-        if layer.name in listed:
-            layer.group = listed[layer.name].group
-    missing = sorted(set(listed) - {layer.name for layer in measured})
-    if missing:
-        detail.notes.append(f"pruned layers not found in the written weights: {', '.join(missing[:5])}"
-                            + (" ..." if len(missing) > 5 else ""))
-    detail.layers = measured
-    detail.sparsity = sparsity.overall_sparsity(measured)
+    perplexity(models, windows, result, job, progress)
+    generate(models, job, result)
+    return result
 
 
 def eval_windows(job: PruneJob, models: Models, tokenizer: Any, fetch) -> list[torch.Tensor]:
@@ -136,7 +112,7 @@ def eval_windows(job: PruneJob, models: Models, tokenizer: Any, fetch) -> list[t
                          vocab_size=vocab)
 
 
-def perplexity(models: Models, windows: list[torch.Tensor], detail: ResultsDetail, job: PruneJob, progress) -> None:
+def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, job: PruneJob, progress) -> None:
     """Dense and sparse perplexity on the same windows with the block-streaming forward."""
     batches = micro_batches(windows, micro_batch_tokens(models.device))  # the same for dense and sparse
     figures = {}
@@ -146,8 +122,8 @@ def perplexity(models: Models, windows: list[torch.Tensor], detail: ResultsDetai
         figures[variant] = Perplexity(*streamed_nll(handle, batches, on_block))
         del handle
     dense, sparse = figures["dense"].value, figures["sparse"].value
-    detail.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse))
-    detail.perplexity_detail = PerplexityDetail(
+    result.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse))
+    result.perplexity_detail = PerplexityDetail(
         source=job.spec.evaluation.perplexity.uri, windows=len(windows),
         sequence_length=job.spec.evaluation.perplexity.sequence_length, tokens=figures["dense"].tokens,
         dense_nll=figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll, method="streamed",
@@ -179,30 +155,30 @@ def busy_host_note(env: EvaluationEnvironment) -> Optional[str]:
     return None
 
 
-def generate(models: Models, job: PruneJob, detail: ResultsDetail) -> None:
+def generate(models: Models, job: PruneJob, result: Evaluation) -> None:
     """Generation benchmark, dense then sparse (then 2:4 kernels on CUDA); one model in memory at a time."""
     settings = job.spec.evaluation.generation
     no_kernel = kernels.kernel_unavailable(models.device, DTYPES[models.dtype], job.spec.pruning.nm)
-    detail.environment = environment(models.device, models.dtype, None if no_kernel else kernels.backend_name())
-    busy = busy_host_note(detail.environment)
+    result.environment = environment(models.device, models.dtype, None if no_kernel else kernels.backend_name())
+    busy = busy_host_note(result.environment)
     if busy and settings.enabled:
-        detail.notes.append(busy)
+        result.notes.append(busy)
     if not settings.enabled:
-        detail.generation = generation_summary([], "generation benchmark disabled (evaluation.generation.enabled)")
+        result.generation = generation_summary([], "generation benchmark disabled (evaluation.generation.enabled)")
         return
     _free(models.device)  # what perplexity freed is not counted in generation's peak memory
     skipped = _model_does_not_fit(models, settings)
     variants = ["dense", "sparse"] + ([] if no_kernel else ["sparse-kernel"])
     runs: list[GenerationRun] = []
     for variant in variants:
-        runs += _benchmark_variant(models, variant, settings, skipped, detail)
-    detail.generation_runs = runs
+        runs += _benchmark_variant(models, variant, settings, skipped, result)
+    result.generation_runs = runs
     note = skipped or _skipped_note(runs)
     if no_kernel:
         note = f"{note} {no_kernel}".strip() if note else no_kernel
-        detail.notes.append(no_kernel)
-    detail.generation = generation_summary(runs, note)
-    detail.cost_per_million_tokens = cost_summary(detail.generation, job.spec.evaluation.gpu_hourly_cost)
+        result.notes.append(no_kernel)
+    result.generation = generation_summary(runs, note)
+    result.cost_per_million_tokens = cost_summary(result.generation, job.spec.evaluation.gpu_hourly_cost)
 
 
 def _model_does_not_fit(models: Models, settings) -> Optional[str]:
@@ -220,14 +196,14 @@ def _skipped_note(runs: list[GenerationRun]) -> Optional[str]:
 
 
 def _benchmark_variant(models: Models, variant: str, settings, skipped: Optional[str],
-                       detail: ResultsDetail) -> list[GenerationRun]:
+                       result: Evaluation) -> list[GenerationRun]:
     if skipped is None:
         model = None
         try:
             model = models.load(sparse=variant != "dense")
             if variant == "sparse-kernel":
                 converted, left = kernels.to_semi_structured(model)
-                detail.notes.append(f"2:4 kernels: {len(converted)} Linear layers converted, {len(left)} left dense")
+                result.notes.append(f"2:4 kernels: {len(converted)} Linear layers converted, {len(left)} left dense")
             return generation.benchmark(model, settings, variant, models.device)
         except (torch.OutOfMemoryError, MemoryError) as err:
             skipped = f"out of memory loading the {variant} model: {str(err).splitlines()[0][:200]}"
@@ -243,5 +219,5 @@ def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    release_freed_host_memory()
+    release_freed_memory()
 

@@ -8,12 +8,12 @@ runtime (gpt-fast's separation).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Collection, Optional
 
 import torch
 from torch import nn
 
-from prune_job.evaluation.sparsity import is_block_linear, satisfies_nm
+from prune_job.checkpoint.sparsity import is_block_linear, satisfies_nm
 from prune_job.spec import Pattern
 
 TWO_FOUR = Pattern(2, 4)
@@ -54,8 +54,9 @@ def convertible(name: str, weight: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def to_semi_structured(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Swap 2:4 Linear weights for semi-structured tensors in place; (converted, left dense)."""
+def to_semi_structured(model: nn.Module, stored_2_4: Optional[Collection[str]] = None) -> tuple[list[str], list[str]]:
+    """Swap 2:4 Linear weights for semi-structured tensors in place; (converted, left dense).
+    `stored_2_4`: the weight names a checkpoint stores as 2:4 (only those are converted)."""
     from torch.sparse import to_sparse_semi_structured
 
     converted, left = [], []
@@ -63,7 +64,7 @@ def to_semi_structured(model: nn.Module) -> tuple[list[str], list[str]]:
         if not isinstance(module, nn.Linear):
             continue
         key = f"{name}.weight"
-        if convertible(key, module.weight):
+        if (stored_2_4 is None or key in stored_2_4) and convertible(key, module.weight):
             module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.data), requires_grad=False)
             converted.append(name)
         elif is_block_linear(key, module.weight):

@@ -7,7 +7,6 @@ RSS every few milliseconds instead, which can miss short spikes, and
 """
 from __future__ import annotations
 
-import ctypes
 import threading
 from pathlib import Path
 from typing import Optional
@@ -103,15 +102,6 @@ def cgroup_headroom() -> Optional[int]:
         if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge v1 number: no limit
             return max(0, int(limit) - usage)
     return None
-
-
-def release_freed_host_memory() -> None:
-    """Return freed heap pages to the OS (glibc malloc_trim) so that the RSS a
-    measurement starts from is live memory, not what earlier stages freed."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def available_bytes(device: torch.device) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from prune_job.evaluation.sparsity import layer_kind
+from prune_job.checkpoint.sparsity import layer_kind
 from prune_job.spec import ResultsDetail
 
 SPARSITY_PNG = "sparsity_by_block.png"

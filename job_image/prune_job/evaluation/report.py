@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from prune_job.evaluation.plots import COMPARISON_PNG, SPARSITY_PNG, comparison_plot, sparsity_plot
-from prune_job.evaluation.sparsity import layer_kind
+from prune_job.checkpoint.sparsity import layer_kind
 from prune_job.spec import GenerationFigures, GenerationRun, Results, ResultsDetail
 
 REPORT_MD = "report.md"

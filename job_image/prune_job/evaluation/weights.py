@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Protocol, Union
+from typing import Iterable, Mapping, Optional, Protocol, Union
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
 
+from prune_job.checkpoint.reader import CompressedReader, load_hf_folder
 from prune_job.pipeline.model import DTYPES, ModelHandle, WeightIndex, open_model, stored_names, tied_aliases
 
 
@@ -56,16 +56,8 @@ def weight_source(sparse: Sparse) -> WeightSource:
         return StateDictSource(sparse)
     folder = Path(sparse)
     if checkpoint_format(folder) == "compressed":
-        from prune_job.checkpoint import CompressedReader  # the checkpoint format's own reader
-
         return CompressedReader(folder)
     return WeightIndex(sorted(folder.glob("*.safetensors")))
-
-
-def iter_weights(source: WeightSource, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors one at a time (constant memory in the size of the model)."""
-    for key in keys:
-        yield key, source.read([key])[key]
 
 
 def source_keys(source: WeightSource) -> list[str]:
@@ -84,10 +76,7 @@ def streaming_handle(dense_dir: Path, source: WeightSource, dtype: str, device: 
 def load_full_model(dense_dir: Path, dtype: str, device: torch.device, source: Optional[WeightSource] = None,
                     trust_remote_code: bool = False) -> nn.Module:
     """The whole model on `device` (for generation); with `source`, every tensor it holds replaces the dense one."""
-    model = AutoModelForCausalLM.from_pretrained(
-        dense_dir, dtype=DTYPES[dtype], device_map={"": str(device)}, trust_remote_code=trust_remote_code
-    )
-    model.eval()
+    model = load_hf_folder(Path(dense_dir), DTYPES[dtype], device, trust_remote_code)
     if source is not None:
         overwrite_weights(model, source)
     return model

@@ -21,42 +21,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+from prune_job.checkpoint.dtypes import CODE_DTYPES, COMPUTE_DTYPES
 from prune_job.pipeline.memory import release_freed_memory
+from prune_job.sources.models import ModelFormatError, model_folder_problem, weight_files
 from prune_job.spec import SpecError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DTYPES = COMPUTE_DTYPES
 PRUNABLE = (nn.Linear, Conv1D)
-
-
-class ModelFormatError(ValueError):
-    """The model folder cannot be read as asked (missing files, pickle refused)."""
-
-
-def weight_files(model_dir: Path, allow_pickle: bool) -> list[Path]:
-    files = sorted(model_dir.glob("*.safetensors"))
-    if files:
-        return files
-    pickles = sorted(p for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles and not allow_pickle:
-        raise SpecError([(
-            "spec.model.allowPickle",
-            f"{model_dir} holds only pickle checkpoints ({pickles[0].name}); pickle can run arbitrary code. "
-            "Convert the model to safetensors, or set allowPickle: true if you trust it",
-        )])
-    if pickles:
-        raise ModelFormatError(
-            f"{model_dir}: pickle checkpoints are allowed by the spec but the block-streaming loader reads "
-            "safetensors only; convert with `save_pretrained(..., safe_serialization=True)`"
-        )
-    raise SpecError([("spec.model.uri", f"{model_dir} contains no *.safetensors weights")])
-
-
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 @dataclass(frozen=True)
@@ -102,14 +73,14 @@ class WeightIndex:
         out = {}
         for key in keys:
             t = self.location[key]
-            if t.dtype not in SAFETENSORS_DTYPES:
+            if t.dtype not in CODE_DTYPES:
                 raise ModelFormatError(f"{t.path.name}: tensor {key} has unsupported dtype {t.dtype}")
             buffer = bytearray(t.end - t.start)
             with open(t.path, "rb", buffering=0) as f:
                 f.seek(t.start)
                 if f.readinto(buffer) != len(buffer):
                     raise ModelFormatError(f"{t.path.name}: truncated while reading {key}")
-            dtype = SAFETENSORS_DTYPES[t.dtype]
+            dtype = CODE_DTYPES[t.dtype]
             flat = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
             out[key] = flat.reshape(t.shape)
         return out
@@ -312,8 +283,9 @@ def open_model(
     `index` replaces the plain safetensors reader (e.g. one that decodes a
     compressed checkpoint); it needs `location`, `__contains__` and `read(keys)`."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise SpecError([("spec.model.uri", f"{model_dir} has no config.json (not a Hugging Face model folder)")])
+    problem = model_folder_problem(model_dir)
+    if problem:
+        raise SpecError([("spec.model.uri", problem)])
     if index is None:
         index = WeightIndex(weight_files(model_dir, allow_pickle))
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)

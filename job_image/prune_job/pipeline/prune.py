@@ -13,41 +13,30 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from prune_job import algorithms
+from prune_job.checkpoint.sparsity import overall_sparsity
 from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs
 from prune_job.pipeline.model import ModelHandle, Target, select_targets
 from prune_job.pipeline.statistics import Group, GroupCollector
-from prune_job.spec import Pattern, Pruning, SpecError
+from prune_job.spec import LayerSparsity, Pattern, Pruning, SpecError
 
 
 class TensorSink(Protocol):
-    def add(self, name: str, tensor: torch.Tensor, pattern: Optional[Pattern] = None, pruned: bool = False) -> None: ...
+    """Where finished tensors go (the checkpoint writer). For a pruned weight it returns the
+    zeros it counted while encoding: the one count of measured sparsity."""
 
-
-@dataclass
-class LayerResult:
-    name: str
-    block: int
-    shape: tuple[int, int]
-    sparsity: float
-    group: list[str]
-    seconds: float
+    def add(self, name: str, tensor: torch.Tensor, pattern: Optional[Pattern] = None, pruned: bool = False,
+            transposed: bool = False) -> Optional[LayerSparsity]: ...
 
 
 @dataclass
 class PruneResult:
-    layers: list[LayerResult] = field(default_factory=list)
-    seconds_calibration: float = 0.0
-    seconds_blocks: float = 0.0
+    """The pruned layers, as counted by the sink while writing them."""
 
-    @property
-    def pruned_params(self) -> int:
-        return sum(l.shape[0] * l.shape[1] for l in self.layers)
+    layers: list[LayerSparsity] = field(default_factory=list)
 
     @property
     def sparsity(self) -> float:
-        total = self.pruned_params
-        zeros = sum(l.sparsity * l.shape[0] * l.shape[1] for l in self.layers)
-        return zeros / total if total else 0.0
+        return overall_sparsity(self.layers) or 0.0
 
 
 BlockCallback = Callable[[int, int, float], None]  # (blocks done, blocks total, seconds of this block)
@@ -76,19 +65,15 @@ class Method:
     """The method's statistics and its per-group prune, over pure algorithm functions."""
 
     def __init__(self, pruning: Pruning):
-        self.p = pruning
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self.p.method != "magnitude"
+        self.pruning = pruning
 
     def make_stats(self, in_features: int, device: torch.device):
-        if self.p.method == "wanda":
+        if self.pruning.method == "wanda":
             return algorithms.WandaStats(in_features, device=device)
         return algorithms.HessianStats(in_features, device=device)
 
     def prune_group(self, group: Group) -> None:
-        p = self.p
+        p = self.pruning
         factor = algorithms.factorise(group.stats.H, p.dampening, overwrite=True) if p.method == "sparsegpt" else None
         for t in group.members:
             w = t.get_weight()
@@ -105,20 +90,18 @@ class Method:
         group.stats = None
 
 
-def prune_block(
-    handle: ModelHandle, i: int, inputs: list[MicroBatch], method: Method
-) -> tuple[list[LayerResult], list[Target]]:
-    """Prune block i in place (its tensors must be loaded)."""
-    targets = block_targets(handle, i, method.p)
+def prune_block(handle: ModelHandle, i: int, inputs: list[MicroBatch], method: Method) -> list[Group]:
+    """Prune block i in place (its tensors must be loaded); return its target layers in their groups."""
+    pruning = method.pruning
+    targets = block_targets(handle, i, pruning)
     block = handle.blocks[i]
-    results: list[LayerResult] = []
-    if method.p.sparsity == 0:
+    if pruning.sparsity == 0:
         groups: list[Group] = [Group([t]) for t in targets]
-    elif not method.needs_calibration:
+    elif not pruning.needs_calibration:
         groups = [Group([t]) for t in targets]
         for g in groups:
             method.prune_group(g)
-    elif method.p.sequential:
+    elif pruning.sequential:
         groups, remaining = [], list(targets)
         while remaining:  # each pass sees the layers pruned so far
             found = GroupCollector(remaining, method.make_stats, first_group_only=True).run(block, inputs, handle.device)
@@ -135,24 +118,24 @@ def prune_block(
             raise RuntimeError(f"some target layers never ran in block {i}'s forward")
         for g in groups:
             method.prune_group(g)
-    for g in groups:
-        for t in g.members:
-            w = t.get_weight()
-            results.append(LayerResult(t.name, i, tuple(w.shape), float((w == 0).sum()) / w.numel(), g.names, 0.0))
-    return results, targets
+    return groups
 
 
-def write_block(handle: ModelHandle, i: int, pruned: list[Target], pattern: Optional[Pattern], sink: TensorSink) -> None:
-    """The block's tensors, under the keys the source checkpoint used."""
+def write_block(handle: ModelHandle, i: int, groups: list[Group], pattern: Optional[Pattern],
+                sink: TensorSink) -> list[LayerSparsity]:
+    """The block's tensors, under the keys the source checkpoint used; the pruned layers as the sink counted them."""
     prefix = handle.block_prefix(i)
-    pruned_names = {f"{t.name}.weight": t for t in pruned}
+    pruned = {f"{t.name}.weight": (t, g) for g in groups for t in g.members}
     state = handle.model.get_submodule(prefix).state_dict()
+    layers: list[LayerSparsity] = []
     for name, key in handle.state_keys(prefix):
         tensor = state[name.removeprefix(prefix + ".")]
-        target = pruned_names.get(name)
-        # N:M groups run along a row of the [out, in] weight; Conv1D stores it transposed.
-        layout_ok = target is not None and not target.transposed
-        sink.add(key, tensor, pattern=pattern if layout_ok else None, pruned=target is not None)
+        target, group = pruned.get(name, (None, None))
+        counted = sink.add(key, tensor, pattern=pattern if target is not None else None, pruned=target is not None,
+                           transposed=target is not None and target.transposed)
+        if target is not None and counted is not None:
+            layers.append(counted.model_copy(update={"name": target.name, "block": i, "group": group.names}))
+    return layers
 
 
 def write_outer(handle: ModelHandle, sink: TensorSink) -> None:
@@ -173,32 +156,24 @@ def prune_model(
     on_block: Optional[BlockCallback] = None,
     start_block: int = 0,
 ) -> PruneResult:
-    """Prune every block in order. `batches` are micro-batches of token ids."""
+    """Prune every block in order. `batches` are micro-batches of token ids; the targets must
+    have passed `check_targets`."""
     method = Method(pruning)
     result = PruneResult()
-    check_targets(handle, pruning)
     inputs: list[MicroBatch] = []
-    if method.needs_calibration and pruning.sparsity > 0:
-        t0 = time.perf_counter()
+    if pruning.needs_calibration:
         inputs = capture_block_inputs(handle, batches)
         handle.release_outer()  # the embeddings are not needed again until write_outer reads them from disk
-        result.seconds_calibration = time.perf_counter() - t0
-    t_blocks = time.perf_counter()
     for i in range(start_block, handle.num_blocks):
         t0 = time.perf_counter()
         prefix = handle.block_prefix(i)
         handle.load_tree(prefix)
-        layers, targets = prune_block(handle, i, inputs, method)
+        groups = prune_block(handle, i, inputs, method)
         if inputs and i + 1 < handle.num_blocks:
             advance(handle.blocks[i], inputs, handle.device)
-        write_block(handle, i, targets, pruning.nm, sink)
+        result.layers += write_block(handle, i, groups, pruning.nm, sink)
         handle.release_tree(prefix)
-        seconds = time.perf_counter() - t0
-        for layer in layers:
-            layer.seconds = seconds / max(len(layers), 1)
-        result.layers.extend(layers)
         if on_block:
-            on_block(i + 1, handle.num_blocks, seconds)
+            on_block(i + 1, handle.num_blocks, time.perf_counter() - t0)
     write_outer(handle, sink)
-    result.seconds_blocks = time.perf_counter() - t_blocks
     return result

@@ -14,7 +14,6 @@ $PRUNE_JOB_SERVICEACCOUNT_DIR.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading

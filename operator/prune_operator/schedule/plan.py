@@ -29,22 +29,9 @@ from typing import Any, Iterable, Optional
 
 from croniter import croniter
 
-from prune_job.schedule_spec import ActiveRef, PruneScheduleSpec, PruneScheduleStatus
-from prune_job.spec import API_VERSION, Condition
-from prune_operator.reconcile import Event
+from prune_job.spec import API_VERSION, ActiveRef, Condition, PruneScheduleSpec, PruneScheduleStatus
+from prune_operator.conditions import Event, condition, describe_problems, format_time, parse_time
 
-# Exactly what the schedule controller does through the API (schedules.py; a test records
-# its requests against the emulator): Kopf lists and watches PruneSchedules and the
-# labelled PruneJobs, a sync GETs the schedule, patches its status, creates and deletes
-# PruneJobs and posts core/v1 Events. Owner references with blockOwnerDeletion need
-# `update` on the owner's finalizers (OwnerReferencesPermissionEnforcement).
-RBAC_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules/status"], "verbs": ["patch"]},
-    {"apiGroups": ["pruning.dev"], "resources": ["pruneschedules/finalizers"], "verbs": ["update"]},
-    {"apiGroups": ["pruning.dev"], "resources": ["prunejobs"], "verbs": ["list", "watch", "create", "delete"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-]
 SCHEDULE_LABEL = "pruning.dev/schedule"
 SCHEDULED_AT_ANNOTATION = "pruning.dev/scheduled-at"
 TOO_MANY_MISSED = 100
@@ -96,17 +83,6 @@ class _Draft:
 
 
 # ---------------------------------------------------------------- time
-
-
-def format_time(t: datetime) -> str:
-    """RFC 3339 in UTC, second precision, as Kubernetes writes metav1.Time."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: Optional[str]) -> Optional[datetime]:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
 def run_name(schedule_name: str, scheduled: datetime) -> str:
@@ -176,18 +152,10 @@ def set_condition(
     conditions: Iterable[Condition], type_: str, status: str, reason: str, message: str, now: datetime,
     generation: Optional[int] = None,
 ) -> list[Condition]:
-    """Replace the condition of `type_`; lastTransitionTime changes only with status."""
-    out, previous = [], None
-    for c in conditions:
-        if c.type == type_:
-            previous = c
-        else:
-            out.append(c)
-    changed = previous is None or previous.status != status
-    since = format_time(now) if changed else previous.last_transition_time
-    out.append(Condition(type=type_, status=status, reason=reason, message=message,
-                         last_transition_time=since, observed_generation=generation))
-    return out
+    """Replace the condition of `type_` (conditions.condition: lastTransitionTime changes only with status)."""
+    others = [c for c in conditions if c.type != type_]
+    previous = next((c.model_dump(by_alias=True) for c in conditions if c.type == type_), None)
+    return [*others, Condition.model_validate(condition(type_, status, reason, message, previous, generation, now))]
 
 
 # ---------------------------------------------------------------- the reconciliation
@@ -342,7 +310,7 @@ def prunejob_for_run(schedule: dict[str, Any], run: Run) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- status and events as documents
+# ---------------------------------------------------------------- status as a document
 
 
 def status_document(status: PruneScheduleStatus) -> dict[str, Any]:
@@ -359,7 +327,7 @@ def refused_status(status: PruneScheduleStatus, problems: list[tuple[str, str]],
                    generation: Optional[int] = None) -> PruneScheduleStatus:
     """Accepted=False naming every bad field; no next run."""
     refused = status.model_copy(deep=True)
-    message = "; ".join(f"{path}: {reason}" for path, reason in problems)
+    message = describe_problems(problems)
     refused.conditions = set_condition(status.conditions, "Accepted", "False", "InvalidSpec", message, now, generation)
     refused.observed_generation = generation
     refused.next_schedule_time = None
@@ -373,25 +341,3 @@ def first_seen(status: PruneScheduleStatus, now: datetime) -> datetime:
             return parse_time(c.last_transition_time) or now
     return now
 
-
-def event_manifest(schedule: dict[str, Any], event: Event, now: datetime, component: str) -> dict[str, Any]:
-    """A core/v1 Event about the schedule."""
-    meta = schedule["metadata"]
-    stamp = format_time(now)
-    involved = {"apiVersion": API_VERSION, "kind": "PruneSchedule", "name": meta["name"], "namespace": meta["namespace"]}
-    if meta.get("uid"):
-        involved["uid"] = meta["uid"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": involved,
-        "type": event.type,
-        "reason": event.reason,
-        "message": event.message[:1024],
-        "source": {"component": component},
-        "reportingComponent": component,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }

@@ -1,11 +1,13 @@
 """Pure status computation: PruneJob + Job (+ pods) -> phase, conditions, Events."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
-from prune_operator import reconcile
+from prune_operator.prunejob import status as prunejob_status
 
-NOW = "2026-05-01T12:00:00Z"
+NOW = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
 SPEC = {"model": {"uri": "builtin:smollm2-135m"}, "output": {"uri": "s3://b/p/"},
         "resources": {"memory": "16Gi"}}
 
@@ -26,12 +28,17 @@ def job(status=None, suspend=False, conditions=()):
     return {"metadata": {"name": "pj", "namespace": "ns"}, "spec": {"suspend": suspend}, "status": st}
 
 
+def desired(body, job_body, pods, now):
+    """The status and Events, with the spec parsed once as the handlers do."""
+    return prunejob_status.desired_status(body, prunejob_status.parse(body.get("spec")), job_body, pods, now)
+
+
 def conds(status):
     return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
 
 
 def test_no_job_yet_is_pending_and_accepted():
-    status, events = reconcile.desired_status(prunejob(), None, [], NOW)
+    status, events = desired(prunejob(), None, [], NOW)
     assert status["phase"] == "Pending" and status["observedGeneration"] == 1
     assert conds(status)["Accepted"] == ("True", "Valid")
     assert [e.reason for e in events] == ["Accepted"]
@@ -51,7 +58,7 @@ def test_no_job_yet_is_pending_and_accepted():
     (job({}, suspend=True), "Suspended", ("False", "Suspended")),
 ])
 def test_job_state_maps_to_phase(job_body, phase, running):
-    status, _ = reconcile.desired_status(prunejob(), job_body, [], NOW)
+    status, _ = desired(prunejob(), job_body, [], NOW)
     assert status["phase"] == phase
     assert conds(status)["Running"] == running
     assert status["jobName"] == "pj"
@@ -59,7 +66,7 @@ def test_job_state_maps_to_phase(job_body, phase, running):
 
 def test_queued_by_kueue_is_pending_not_suspended():
     spec = dict(SPEC, runPolicy={"queueName": "gpus"})
-    status, _ = reconcile.desired_status(prunejob(spec=spec), job({}, suspend=True), [], NOW)
+    status, _ = desired(prunejob(spec=spec), job({}, suspend=True), [], NOW)
     assert status["phase"] == "Pending" and conds(status)["Running"] == ("False", "Queued")
 
 
@@ -67,7 +74,7 @@ def test_failure_names_the_reason_and_the_pod_termination_with_advice():
     pods = [{"metadata": {"name": "pj-abcde"}, "status": {"containerStatuses": [
         {"state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}]
     failed = job({}, conditions=[("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")])
-    status, events = reconcile.desired_status(prunejob(status={"phase": "Running"}), failed, pods, NOW)
+    status, events = desired(prunejob(status={"phase": "Running"}), failed, pods, NOW)
     failed_condition = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed_condition["status"] == "True" and failed_condition["reason"] == "BackoffLimitExceeded"
     assert "OOMKilled" in failed_condition["message"] and "spec.resources.memory" in failed_condition["message"]
@@ -79,22 +86,22 @@ def test_failure_names_the_reason_and_the_pod_termination_with_advice():
 def test_succeeded_keeps_start_and_completion_times():
     done = job({"startTime": "2026-05-01T10:00:00Z", "completionTime": "2026-05-01T11:00:00Z"},
                conditions=[("Complete", "", "")])
-    status, events = reconcile.desired_status(prunejob(status={"phase": "Running"}), done, [], NOW)
+    status, events = desired(prunejob(status={"phase": "Running"}), done, [], NOW)
     assert (status["startTime"], status["completionTime"]) == ("2026-05-01T10:00:00Z", "2026-05-01T11:00:00Z")
     assert conds(status)["Succeeded"] == ("True", "Completed")
     assert [e.reason for e in events] == ["Succeeded"]
 
 
 def test_transition_time_kept_while_status_unchanged():
-    first, _ = reconcile.desired_status(prunejob(), job({"active": 1}), [], "2026-05-01T00:00:00Z")
-    again, events = reconcile.desired_status(prunejob(status=first), job({"active": 1}), [], "2026-05-02T00:00:00Z")
+    first, _ = desired(prunejob(), job({"active": 1}), [], datetime(2026, 5, 1, tzinfo=timezone.utc))
+    again, events = desired(prunejob(status=first), job({"active": 1}), [], datetime(2026, 5, 2, tzinfo=timezone.utc))
     assert again == first and events == []
-    assert reconcile.status_changes(first, again) == {}
+    assert prunejob_status.status_changes(first, again) == {}
 
 
 def test_invalid_spec_fails_and_names_fields():
     bad = {"model": {"uri": "ftp://x"}, "output": {"uri": "s3://b/p/"}, "pruning": {"pattern": "4:2"}}
-    status, events = reconcile.desired_status(prunejob(spec=bad), None, [], NOW)
+    status, events = desired(prunejob(spec=bad), None, [], NOW)
     assert status["phase"] == "Failed"
     accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
     assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
@@ -104,18 +111,18 @@ def test_invalid_spec_fails_and_names_fields():
 
 def test_finished_prunejob_whose_job_expired_stays_finished():
     done = {"phase": "Succeeded", "jobName": "pj", "completionTime": "t", "conditions": []}
-    status, events = reconcile.desired_status(prunejob(status=done), None, [], NOW)
-    assert reconcile.status_changes(done, status) == {} and events == []
+    status, events = desired(prunejob(status=done), None, [], NOW)
+    assert prunejob_status.status_changes(done, status) == {} and events == []
 
 
 def test_worker_fields_are_never_written():
     current = {"phase": "Running", "progress": {"stage": "pruning"}, "results": {"sparsity": 0.5}}
-    status, _ = reconcile.desired_status(prunejob(status=current), job({"active": 1}), [], NOW)
-    assert set(status) <= set(reconcile.CONTROLLER_FIELDS)
+    status, _ = desired(prunejob(status=current), job({"active": 1}), [], NOW)
+    assert set(status) <= set(prunejob_status.CONTROLLER_FIELDS)
 
 
 def test_a_deleted_job_fails_the_prunejob():
     running = {"phase": "Running", "jobName": "pj", "conditions": []}
-    status, events = reconcile.desired_status(prunejob(status=running), None, [], NOW)
+    status, events = desired(prunejob(status=running), None, [], NOW)
     assert status["phase"] == "Failed" and conds(status)["Failed"] == ("True", "JobDeleted")
     assert [(e.type, e.reason) for e in events] == [("Warning", "JobDeleted")]

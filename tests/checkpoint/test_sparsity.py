@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from prune_job.evaluation import sparsity
+from prune_job.checkpoint import sparsity
 from prune_job.spec import Pattern
 
 
@@ -35,8 +35,8 @@ def test_exact_counts_on_hand_built_checkpoint(tmp_path):
     assert sparsity.overall_sparsity(layers) == (5 + 64 + 128) / (128 * 3)
 
 
-def test_named_layers_select_exactly_those(tmp_path):
-    select = sparsity.named_layers(["model.layers.0.mlp.up_proj"])
+def test_select_exactly_those(tmp_path):
+    select = lambda key, _tensor: key == "model.layers.0.mlp.up_proj.weight"  # noqa: E731
     layers = sparsity.measure_layers(sparsity.iter_safetensors(hand_built(tmp_path / "ckpt")), select=select)
     assert [layer.name for layer in layers] == ["model.layers.0.mlp.up_proj"]
     assert sparsity.overall_sparsity(layers) == 0.5

@@ -1,30 +1,38 @@
 """Level-based status of a PruneJob, computed from what exists now.
 
-`desired_status(prunejob, job, pods, now)` is pure: it looks at the PruneJob
-(spec, generation, current status), its Job (or None) and, for a failed Job,
-its pods, and returns the controller-owned status fields plus the Events to
-post for a transition. It never returns `progress` or `results`: those are
-the worker's.
+`desired_status(prunejob, parsed, job, pods, now)` is pure: it looks at the
+PruneJob (generation, current status) and its spec as parsed once for this
+reconcile, its Job (or None) and, for a failed Job, its pods, and returns the
+controller-owned status fields plus the Events to post for a transition. It
+never returns `progress` or `results`: those are the worker's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Optional
 
 from prune_job import spec as api
-from prune_operator import builders
+from prune_operator.conditions import MAX_MESSAGE, Event, condition, describe_problems
 
 CONTROLLER_FIELDS = ("phase", "observedGeneration", "conditions", "jobName", "startTime", "completionTime")
 CONDITION_TYPES = ("Accepted", "Running", "Succeeded", "Failed")
 TERMINAL = ("Succeeded", "Failed")
-MAX_MESSAGE = 2000
 
 
 @dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+class ParsedSpec:
+    """A PruneJob's spec, parsed once per reconcile: the model, or the problems that refused it."""
+
+    spec: Optional[api.PruneJobSpec]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse(raw_spec: Any) -> ParsedSpec:
+    try:
+        return ParsedSpec(api.parse_spec(raw_spec or {}))
+    except api.SpecError as err:
+        return ParsedSpec(None, err.problems)
 
 
 @dataclass(frozen=True)
@@ -34,18 +42,6 @@ class Outcome:
     job_name: Optional[str] = None
     start_time: Optional[str] = None
     completion_time: Optional[str] = None
-
-
-def spec_problems(raw_spec: Any) -> list[tuple[str, str]]:
-    try:
-        api.parse_spec(raw_spec or {})
-    except api.SpecError as err:
-        return err.problems
-    return []
-
-
-def describe_problems(problems: list[tuple[str, str]]) -> str:
-    return "; ".join(f"{path}: {reason}" for path, reason in problems)[:MAX_MESSAGE]
 
 
 # ---------------------------------------------------------------- Job -> outcome
@@ -151,22 +147,12 @@ def invalid_outcome(problems: list[tuple[str, str]]) -> Outcome:
 # ---------------------------------------------------------------- outcome -> status
 
 
-def conditions_list(outcome: Outcome, previous: list[dict[str, Any]], generation: Optional[int], now: str) -> list[dict]:
-    """metav1.Conditions; a condition keeps its lastTransitionTime while its status stays."""
+def conditions_list(outcome: Outcome, previous: list[dict[str, Any]], generation: Optional[int],
+                    now: datetime) -> list[dict]:
+    """The outcome's metav1.Conditions, in CONDITION_TYPES order."""
     before = {c.get("type"): c for c in previous or []}
-    result = []
-    for kind in CONDITION_TYPES:
-        if kind not in outcome.conditions:
-            continue
-        status, reason, message = outcome.conditions[kind]
-        old = before.get(kind) or {}
-        since = old.get("lastTransitionTime") if old.get("status") == status else None
-        condition = {"type": kind, "status": status, "reason": reason, "message": message,
-                     "lastTransitionTime": since or now}
-        if generation is not None:
-            condition["observedGeneration"] = generation
-        result.append(condition)
-    return result
+    return [condition(kind, *outcome.conditions[kind], before.get(kind), generation, now)
+            for kind in CONDITION_TYPES if kind in outcome.conditions]
 
 
 def transition_events(old_phase: Optional[str], outcome: Outcome) -> list[Event]:
@@ -185,20 +171,20 @@ def transition_events(old_phase: Optional[str], outcome: Outcome) -> list[Event]
 
 
 def desired_status(
-    prunejob: dict[str, Any], job: Optional[dict[str, Any]], pods: list[dict[str, Any]], now: str
+    prunejob: dict[str, Any], parsed: ParsedSpec, job: Optional[dict[str, Any]], pods: list[dict[str, Any]],
+    now: datetime,
 ) -> tuple[dict[str, Any], list[Event]]:
     """(the controller-owned status fields, Events to post) for this PruneJob."""
     meta = prunejob.get("metadata") or {}
     current = prunejob.get("status") or {}
     if current.get("phase") in TERMINAL and job is None:
         return {k: current[k] for k in CONTROLLER_FIELDS if k in current}, []  # finished; its Job may be gone (TTL)
-    problems = spec_problems(prunejob.get("spec"))
-    if problems:
-        outcome = invalid_outcome(problems)
+    if parsed.spec is None:
+        outcome = invalid_outcome(parsed.problems)
     elif job is None and current.get("jobName"):
         outcome = job_deleted_outcome(current["jobName"])
     else:
-        outcome = job_outcome(api.parse_spec(prunejob["spec"]), job, pods)
+        outcome = job_outcome(parsed.spec, job, pods)
     generation = meta.get("generation")
     status = {
         "phase": outcome.phase,
@@ -215,7 +201,3 @@ def desired_status(
 def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """The merge patch of `status` that turns current into desired (controller fields only)."""
     return {key: value for key, value in desired.items() if current.get(key) != value}
-
-
-def job_selector(prunejob_name: str) -> str:
-    return f"{builders.LABEL_PRUNEJOB}={builders.child_name(prunejob_name)}"

@@ -1,4 +1,6 @@
-"""Sparsity measured from the weights as written, not from the request.
+"""Sparsity counted from the weights as written, not from the request: the
+checkpoint writer counts each pruned tensor as it encodes it (`count_layer`),
+and a finished checkpoint can be counted again tensor by tensor (`measure_layers`).
 
 Tensors are visited one at a time (a safetensors folder is read tensor by
 tensor), so counting a 70B checkpoint needs one tensor of memory.
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Mapping, Optional
+from typing import Callable, Collection, Iterable, Iterator, Optional
 
 import torch
 from safetensors import safe_open
@@ -76,16 +78,6 @@ def overall_sparsity(layers: list[LayerSparsity]) -> Optional[float]:
     """Zeros over elements of all counted layers (weighted by size, not a mean of ratios)."""
     total = sum(layer.numel for layer in layers)
     return sum(layer.zeros for layer in layers) / total if total else None
-
-
-def named_layers(names: Iterable[str]) -> Callable[[str, torch.Tensor], bool]:
-    """Select exactly the given layers (module names or `.weight` keys), e.g. the manifest's."""
-    wanted = {n if n.endswith(".weight") else f"{n}.weight" for n in names}
-    return lambda name, _t: name in wanted
-
-
-def iter_state_dict(state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-    yield from state.items()
 
 
 def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:

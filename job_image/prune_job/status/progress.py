@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from tqdm import tqdm
-
-from prune_job.report_status import StatusReporter
 from prune_job.spec import Progress
+from prune_job.status.reporter import StatusReporter
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class RunProgress:
@@ -25,6 +26,8 @@ class RunProgress:
         if total is not None:
             self.state = self.state.model_copy(update={"blocks_total": total, "blocks_done": 0, "eta_seconds": None})
             if self.show_bar:
+                from tqdm import tqdm  # the [job] extra's; `prune_job.status` itself imports only the API types
+
                 self.bar = tqdm(total=total, desc=name, unit="block", file=sys.stderr, dynamic_ncols=True)
         self._started = time.perf_counter()
         self.reporter.progress(self.state)

@@ -1,0 +1,2 @@
+"""The PruneJob controller: handlers.py (Kopf, API calls) over status.py (phase and conditions, pure)
+and builders.py (the children's manifests, pure)."""
