@@ -171,6 +171,10 @@ class Output(ApiModel):
         None, description="Secret with accessKey, secretKey (+ endpoint, region, secure)"
     )
     max_shard_bytes: int = Field(5_000_000_000, ge=1_000_000, description="largest safetensors shard")
+    overwrite: bool = Field(
+        False, description="start over in a location that holds another run's checkpoint or journal "
+        "(default: resume this run's journal, refuse another's)"
+    )
 
     @field_validator("uri")
     @classmethod

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from prune_job.checkpoint.sparsity import layer_kind
 from prune_job.spec import ResultsDetail
 
@@ -16,7 +13,17 @@ COMPARISON_PNG = "dense_vs_sparse.png"
 VARIANTS = (("dense", "dense", "#4C72B0"), ("sparse", "sparse", "#DD8452"), ("sparse-kernel", "sparse, 2:4 kernel", "#55A868"))
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _figure(width: float, height: float):
+    """matplotlib is imported when a plot is drawn, after pruning: importing it with the
+    pipeline would add its ~30 MB to the pruning's peak resident memory."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _save(fig, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
@@ -31,7 +38,7 @@ def _empty(ax, text: str) -> None:
 
 def sparsity_plot(detail: ResultsDetail, path: Path) -> Path:
     """Measured sparsity of each layer kind (q_proj, up_proj, ...) against the block index."""
-    fig = Figure(figsize=(8, 4.2))
+    fig = _figure(8, 4.2)
     ax = fig.add_subplot()
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for layer in detail.layers:
@@ -56,7 +63,7 @@ def sparsity_plot(detail: ResultsDetail, path: Path) -> Path:
 
 def comparison_plot(detail: ResultsDetail, path: Path) -> Path:
     """Left: dense vs sparse perplexity. Right: tokens/s per batch size for each variant."""
-    fig = Figure(figsize=(9, 4))
+    fig = _figure(9, 4)
     ax_ppl, ax_tps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ppl = detail.perplexity
     if ppl.dense is not None and ppl.sparse is not None:
