@@ -204,7 +204,10 @@ class GenerationEval(ApiModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
     prompt_tokens: int = Field(128, ge=1)
     new_tokens: int = Field(64, ge=1)
-    repeats: int = Field(3, ge=1, le=100, description="timed runs after one warm-up; the median is reported")
+    repeats: int = Field(
+        7, ge=1, le=100,
+        description="timed runs of each variant, interleaved after a shared warm-up; the median and the min-max "
+                    "spread are reported, and a change counts only from 5 runs up (docs/measurement.md)")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -285,6 +288,7 @@ class Progress(ApiModel):
     blocks_done: int = 0
     blocks_total: int = 0
     eta_seconds: Optional[float] = None
+    fraction: Optional[float] = Field(None, description="share of the current stage done, 0 to 1")
     blocks: Optional[str] = Field(
         None, description='"blocksDone/blocksTotal" as text, for `kubectl get pj` (set by the status reporter)'
     )
@@ -299,11 +303,44 @@ class PerplexityResult(DenseSparse):
     increase_percent: Optional[float] = None
 
 
+class Spread(ApiModel):
+    """One figure over the timed repetitions: the median is the figure, low/high its range."""
+
+    median: float
+    low: float
+    high: float
+    samples: int
+
+
+class Comparison(ApiModel):
+    """A variant against dense for one figure: the change of the medians, and the range of
+    changes the two spreads allow. `significant` only where the two ranges do not overlap."""
+
+    percent: Optional[float] = Field(None, description="100 x (variant - dense) / dense, of the medians")
+    low_percent: Optional[float] = Field(None, description="smallest change the two spreads allow")
+    high_percent: Optional[float] = Field(None, description="largest change the two spreads allow")
+    significant: bool = Field(False, description="the change is larger than the measured spread")
+    verdict: str = Field("", description='"+21.1% (+15.2% to +27.0%)" or "no significant difference (within ±x%)"')
+
+
+class FigureSpreads(ApiModel):
+    tokens_per_second: Optional[Spread] = None
+    time_to_first_token_ms: Optional[Spread] = None
+    inter_token_latency_ms: Optional[Spread] = None
+
+
 class GenerationFigures(ApiModel):
     tokens_per_second: Optional[float] = None
     time_to_first_token_ms: Optional[float] = None
     inter_token_latency_ms: Optional[float] = None
     peak_memory_bytes: Optional[int] = Field(None, description="device memory on CUDA, process RSS on CPU")
+    spread: Optional[FigureSpreads] = Field(None, description="median and min-max of each timed figure")
+
+
+class GenerationComparison(ApiModel):
+    tokens_per_second: Optional[Comparison] = None
+    time_to_first_token_ms: Optional[Comparison] = None
+    inter_token_latency_ms: Optional[Comparison] = None
 
 
 class GenerationResult(ApiModel):
@@ -314,12 +351,23 @@ class GenerationResult(ApiModel):
     )
     batch_size: Optional[int] = Field(None, description="the batch size these figures were measured at")
     note: Optional[str] = None
+    sparse_vs_dense: Optional[GenerationComparison] = None
+    sparse_kernel_vs_dense: Optional[GenerationComparison] = None
+
+
+class VariantSpreads(ApiModel):
+    dense: Optional[Spread] = None
+    sparse: Optional[Spread] = None
+    sparse_kernel: Optional[Spread] = None
 
 
 class CostResult(DenseSparse):
     """USD per million generated tokens at the measured throughput."""
 
     sparse_kernel: Optional[float] = None
+    spread: Optional[VariantSpreads] = Field(None, description="median and min-max over the timed repetitions")
+    sparse_vs_dense: Optional[Comparison] = None
+    sparse_kernel_vs_dense: Optional[Comparison] = None
 
 
 class MemoryResult(ApiModel):
@@ -351,6 +399,20 @@ class Results(ApiModel):
     memory: MemoryResult = Field(default_factory=MemoryResult)
     seconds: SecondsResult = Field(default_factory=SecondsResult)
     artifact: ArtifactResult = Field(default_factory=ArtifactResult)
+
+    def change(self, figure: str, variant: str = "sparse") -> Optional[Comparison]:
+        """`variant` ("sparse" or "sparseKernel") against dense for `figure`: "costPerMillionTokens",
+        "tokensPerSecond", "timeToFirstTokenMs" or "interTokenLatencyMs"; None where not measured.
+        A sweep or a gate reads `.significant` (False: within the measured noise)."""
+        side = "sparse_kernel_vs_dense" if variant in ("sparseKernel", "sparse_kernel", "sparse-kernel") \
+            else "sparse_vs_dense"
+        if figure == "costPerMillionTokens":
+            return getattr(self.cost_per_million_tokens, side)
+        comparisons = getattr(self.generation, side)
+        names = {f.alias: name for name, f in GenerationComparison.model_fields.items()}
+        if figure not in names:
+            raise ValueError(f"unknown figure {figure!r}; one of costPerMillionTokens, {', '.join(names)}")
+        return getattr(comparisons, names[figure]) if comparisons is not None else None
 
 
 class LayerSparsity(ApiModel):
@@ -397,6 +459,19 @@ class GenerationRun(ApiModel):
     skipped: Optional[str] = Field(None, description="why this run did not happen (e.g. does not fit)")
 
 
+class TimedRun(ApiModel):
+    """One decode of the generation benchmark, in the order it ran (results.json's timeline)."""
+
+    variant: Literal["dense", "sparse", "sparse-kernel"]
+    batch_size: int
+    round: int = Field(description="repetition index; -1 for the warm-up")
+    start_seconds: float = Field(description="from the start of the benchmark")
+    end_seconds: float
+    tokens_per_second: float
+    time_to_first_token_ms: float
+    inter_token_latency_ms: Optional[float] = None
+
+
 class EvaluationEnvironment(ApiModel):
     device: str
     device_name: Optional[str] = None
@@ -407,6 +482,10 @@ class EvaluationEnvironment(ApiModel):
     sparse_kernel: Optional[str] = Field(None, description="semi-structured backend used, if any")
     load_average: Optional[float] = Field(None, description="host 1-minute load average when generation started")
     cpu_count: Optional[int] = None
+    order: Optional[Literal["interleaved", "sequential"]] = Field(
+        None, description="interleaved: the variants alternate after a shared warm-up (A B B A ...); sequential: "
+                          "one after the other, when they did not fit in memory together")
+    memory_isolation: Optional[str] = Field(None, description="how each variant's peak memory was kept apart")
 
 
 class ResultsDetail(Results):
@@ -421,6 +500,7 @@ class ResultsDetail(Results):
     layers: list[LayerSparsity] = Field(default_factory=list)
     perplexity_detail: Optional[PerplexityDetail] = None
     generation_runs: list[GenerationRun] = Field(default_factory=list)
+    generation_timeline: list[TimedRun] = Field(default_factory=list)
     environment: Optional[EvaluationEnvironment] = None
     notes: list[str] = Field(default_factory=list)
 

@@ -18,13 +18,16 @@ def load(folder):
 
 
 def test_cpu_benchmark_gives_positive_finite_figures(tiny_dense):
-    runs = generation.benchmark(load(tiny_dense), SETTINGS, "dense", torch.device("cpu"))
+    runs, timeline = generation.benchmark({"dense": load(tiny_dense)}, SETTINGS, torch.device("cpu"))
     assert [r.batch_size for r in runs] == [1, 3]
+    assert len(timeline) == 2 * (1 + SETTINGS.repeats)  # a warm-up and the timed runs per batch size
     for run in runs:
         assert run.skipped is None
         f = run.figures
-        for value in (f.tokens_per_second, f.time_to_first_token_ms, f.inter_token_latency_ms, f.peak_memory_bytes):
+        for value in (f.tokens_per_second, f.time_to_first_token_ms, f.inter_token_latency_ms):
             assert value > 0 and math.isfinite(value)
+        assert f.spread.tokens_per_second.low <= f.tokens_per_second <= f.spread.tokens_per_second.high
+        assert f.spread.tokens_per_second.samples == SETTINGS.repeats
 
 
 def test_manual_decode_is_greedy_generate(tiny_dense):
@@ -37,10 +40,17 @@ def test_manual_decode_is_greedy_generate(tiny_dense):
     assert len(timing.step_s) == 5 and timing.total_s >= timing.first_token_s + sum(timing.step_s) * 0.99
 
 
+def test_peak_memory_of_one_variant(tiny_dense):
+    from prune_job.evaluation.footprint import peaks
+
+    measured = peaks(load(tiny_dense), SETTINGS, torch.device("cpu"))
+    assert set(measured) == {1, 3} and all(v > 1 << 20 for v in measured.values())  # the process's RSS
+
+
 def test_batch_that_does_not_fit_is_recorded_not_raised(tiny_dense, monkeypatch):
     monkeypatch.setattr(generation, "available_bytes", lambda device: 1000)
-    runs = generation.benchmark(load(tiny_dense), SETTINGS, "sparse", torch.device("cpu"))
-    assert all(r.figures is None and r.skipped.startswith("does not fit") for r in runs)
+    runs, timeline = generation.benchmark({"sparse": load(tiny_dense)}, SETTINGS, torch.device("cpu"))
+    assert all(r.figures is None and r.skipped.startswith("does not fit") for r in runs) and timeline == []
     assert generation_summary(runs, None).batch_size is None
 
 
@@ -49,7 +59,7 @@ def test_out_of_memory_during_a_run_is_recorded(tiny_dense, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(generation, "decode", oom)
-    runs = generation.benchmark(load(tiny_dense), SETTINGS, "dense", torch.device("cpu"))
+    runs, _ = generation.benchmark({"dense": load(tiny_dense)}, SETTINGS, torch.device("cpu"))
     assert all(r.skipped.startswith("out of memory at batch") for r in runs)
 
 

@@ -3,9 +3,14 @@ checkpoint is written. Returns an `Evaluation`; the orchestrator puts it into
 the results (prune_job.run.assemble_results) and writes the report once.
 
 Order: perplexity of both models with the block-streaming forward (same
-windows) → generation benchmark of both fully loaded models (and, on CUDA, the
-2:4 model with semi-structured kernels) → cost. A model that does not fit for
-generation is recorded in the results; perplexity is still reported.
+windows) → peak memory of each generation variant on its own (`footprint`) →
+the generation benchmark of the fully loaded models, dense, sparse and on CUDA
+the 2:4 model with semi-structured kernels, resident together and timed in an
+interleaved order (`interleave`), each figure a median with its spread →
+cost, and each variant against dense with the `spread` rule. Models that do
+not fit together are timed one after the other (and the results say so); a
+model that does not fit at all is recorded in the results; perplexity is
+still reported. Each step has its progress stage and bar.
 Measured sparsity is not counted here: the checkpoint writer counts it as it
 encodes each pruned tensor.
 """
@@ -13,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import os
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +27,8 @@ import torch
 from torch import nn
 
 from prune_job.data import micro_batches, token_windows
-from prune_job.evaluation import generation, kernels
+from prune_job.evaluation import footprint, generation, kernels
+from prune_job.evaluation.interleave import measurement_order
 from prune_job.evaluation.perplexity import Perplexity, increase_percent, streamed_nll
 from prune_job.evaluation.summary import cost_summary, generation_summary
 from prune_job.evaluation.weights import WeightSource, load_full_model, streaming_handle, weight_source
@@ -31,8 +36,8 @@ from prune_job.pipeline.memory import micro_batch_tokens, release_freed_memory
 from prune_job.pipeline.model import DTYPES, ModelHandle, default_device, open_model
 from prune_job.sources.texts import read_source
 from prune_job.spec import (
-    CostResult, EvaluationEnvironment, GenerationResult, GenerationRun, PerplexityDetail, PerplexityResult,
-    PruneJob,
+    CostResult, EvaluationEnvironment, GenerationEval, GenerationResult, GenerationRun, PerplexityDetail,
+    PerplexityResult, PruneJob, TimedRun,
 )
 
 
@@ -45,6 +50,7 @@ class Evaluation:
     environment: Optional[EvaluationEnvironment] = None
     generation: Optional[GenerationResult] = None
     generation_runs: list[GenerationRun] = field(default_factory=list)
+    generation_timeline: list[TimedRun] = field(default_factory=list)
     cost_per_million_tokens: Optional[CostResult] = None
     notes: list[str] = field(default_factory=list)
 
@@ -59,6 +65,7 @@ class Models:
     device: torch.device
     trust_remote_code: bool = False
     blocks: Optional[str] = None
+    sparse_dir: Optional[Path] = None  # where `sparse` was read from, when it is a folder
 
     @cached_property
     def skeleton(self) -> nn.Module:
@@ -95,11 +102,12 @@ def evaluate(
         raise ValueError("give exactly one of sparse_dir and sparse_state")
     models = Models(Path(dense_dir), weight_source(sparse_dir if sparse_dir is not None else sparse_state),
                     spec.model.dtype, torch.device(device) if device else default_device(),
-                    spec.model.trust_remote_code, spec.model.blocks)
+                    spec.model.trust_remote_code, spec.model.blocks,
+                    Path(sparse_dir) if sparse_dir is not None else None)
     result = Evaluation()
     windows = eval_windows(job, models, tokenizer, fetch)
     perplexity(models, windows, result, job, progress)
-    generate(models, job, result)
+    generate(models, job, result, progress)
     return result
 
 
@@ -116,9 +124,9 @@ def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, 
     """Dense and sparse perplexity on the same windows with the block-streaming forward."""
     batches = micro_batches(windows, micro_batch_tokens(models.device))  # the same for dense and sparse
     figures = {}
-    for k, variant in enumerate(("dense", "sparse")):
+    for variant in ("dense", "sparse"):
         handle = models.handle(sparse=variant == "sparse")
-        on_block = _block_counter(progress, k * handle.num_blocks, 2 * handle.num_blocks)
+        on_block = _counter(progress, f"perplexity-{variant}", handle.num_blocks, "block")
         figures[variant] = Perplexity(*streamed_nll(handle, batches, on_block))
         del handle
     dense, sparse = figures["dense"].value, figures["sparse"].value
@@ -130,11 +138,26 @@ def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, 
     )
 
 
-def _block_counter(progress, offset: int, total: int) -> Optional[Callable[[int], None]]:
+def _counter(progress, stage: str, total: int, unit: str) -> Optional[Callable[[int], None]]:
+    """Start a progress stage of `total` units; the callback takes the index of the unit just finished."""
     if progress is None:
         return None
-    start = time.perf_counter()
-    return lambda i: progress.block_done(offset + i + 1, total, time.perf_counter() - start)
+    progress.stage(stage, total=total, unit=unit)
+    return lambda i: progress.advance(i + 1)
+
+
+def _run_counter(progress, stage: str, total: int) -> Optional[Callable[[int], None]]:
+    """Like `_counter`, for callers that report how many units they just finished."""
+    on_unit = _counter(progress, stage, total, "run")
+    if on_unit is None:
+        return None
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        on_unit(done[0] - 1)
+
+    return advance
 
 
 def environment(device: torch.device, dtype: str, kernel: Optional[str]) -> EvaluationEnvironment:
@@ -155,8 +178,8 @@ def busy_host_note(env: EvaluationEnvironment) -> Optional[str]:
     return None
 
 
-def generate(models: Models, job: PruneJob, result: Evaluation) -> None:
-    """Generation benchmark, dense then sparse (then 2:4 kernels on CUDA); one model in memory at a time."""
+def generate(models: Models, job: PruneJob, result: Evaluation, progress: Any = None) -> None:
+    """Generation benchmark of every variant (dense, sparse, 2:4 kernels on CUDA), then cost."""
     settings = job.spec.evaluation.generation
     no_kernel = kernels.kernel_unavailable(models.device, DTYPES[models.dtype], job.spec.pruning.nm)
     result.environment = environment(models.device, models.dtype, None if no_kernel else kernels.backend_name())
@@ -167,11 +190,14 @@ def generate(models: Models, job: PruneJob, result: Evaluation) -> None:
         result.generation = generation_summary([], "generation benchmark disabled (evaluation.generation.enabled)")
         return
     _free(models.device)  # what perplexity freed is not counted in generation's peak memory
-    skipped = _model_does_not_fit(models, settings)
     variants = ["dense", "sparse"] + ([] if no_kernel else ["sparse-kernel"])
-    runs: list[GenerationRun] = []
-    for variant in variants:
-        runs += _benchmark_variant(models, variant, settings, skipped, result)
+    skipped = _does_not_fit(models, settings, 1)
+    if skipped is None:
+        memory = _separate_process_memory(models, variants, settings, result, progress)
+        together = _does_not_fit(models, settings, len(variants)) is None
+        runs = _timed(models, variants, settings, result, progress, memory, together)
+    else:
+        runs = [_skipped_run(v, b, settings, skipped) for v in variants for b in settings.batch_sizes]
     result.generation_runs = runs
     note = skipped or _skipped_note(runs)
     if no_kernel:
@@ -181,13 +207,20 @@ def generate(models: Models, job: PruneJob, result: Evaluation) -> None:
     result.cost_per_million_tokens = cost_summary(result.generation, job.spec.evaluation.gpu_hourly_cost)
 
 
-def _model_does_not_fit(models: Models, settings) -> Optional[str]:
+def _does_not_fit(models: Models, settings: GenerationEval, copies: int) -> Optional[str]:
+    """Why `copies` whole models (plus one run at the smallest batch) do not fit, or None."""
     skeleton = models.skeleton
     elt = DTYPES[models.dtype].itemsize
-    need = generation.weight_bytes(skeleton) + generation.run_bytes(
+    need = copies * generation.weight_bytes(skeleton) + generation.run_bytes(
         generation.text_config(skeleton), elt, min(settings.batch_sizes),
         settings.prompt_tokens + settings.new_tokens, settings.prompt_tokens)
-    return generation.does_not_fit(need, models.device, "the whole model for the generation benchmark")
+    what = "the whole model" if copies == 1 else f"{copies} whole models at once"
+    return generation.does_not_fit(need, models.device, f"{what} for the generation benchmark")
+
+
+def _skipped_run(variant: str, batch_size: int, settings: GenerationEval, skipped: str) -> GenerationRun:
+    return GenerationRun(variant=variant, batch_size=batch_size, prompt_tokens=settings.prompt_tokens,
+                         new_tokens=settings.new_tokens, repeats=settings.repeats, skipped=skipped)
 
 
 def _skipped_note(runs: list[GenerationRun]) -> Optional[str]:
@@ -195,24 +228,83 @@ def _skipped_note(runs: list[GenerationRun]) -> Optional[str]:
     return "; ".join(skipped) if skipped else None
 
 
-def _benchmark_variant(models: Models, variant: str, settings, skipped: Optional[str],
-                       result: Evaluation) -> list[GenerationRun]:
-    if skipped is None:
-        model = None
+Memory = dict[str, dict[int, int]]  # variant -> batch size -> peak bytes
+
+
+def _separate_process_memory(models: Models, variants: list[str], settings: GenerationEval, result: Evaluation,
+                             progress) -> Optional[Memory]:
+    """On CPU with the sparse model in a folder: each variant's peak memory in a process of its own."""
+    if models.device.type != "cpu" or models.sparse_dir is None:
+        return None
+    on_variant = _counter(progress, "generation-memory", len(variants), "variant")
+    memory: Memory = {}
+    for k, variant in enumerate(variants):
+        recipe = footprint.Recipe(str(models.dense_dir), None if variant == "dense" else str(models.sparse_dir),
+                                  models.dtype, models.trust_remote_code, torch.get_num_threads())
         try:
-            model = models.load(sparse=variant != "dense")
-            if variant == "sparse-kernel":
-                converted, left = kernels.to_semi_structured(model)
-                result.notes.append(f"2:4 kernels: {len(converted)} Linear layers converted, {len(left)} left dense")
-            return generation.benchmark(model, settings, variant, models.device)
-        except (torch.OutOfMemoryError, MemoryError) as err:
-            skipped = f"out of memory loading the {variant} model: {str(err).splitlines()[0][:200]}"
-        finally:
-            del model
-            _free(models.device)
-    return [GenerationRun(variant=variant, batch_size=b, prompt_tokens=settings.prompt_tokens,
-                          new_tokens=settings.new_tokens, repeats=settings.repeats, skipped=skipped)
-            for b in settings.batch_sizes]
+            memory[variant] = footprint.in_own_process(recipe, settings)
+        except (footprint.MeasurementError, OSError) as err:
+            result.notes.append(f"peak memory of the {variant} model not measured: {err or type(err).__name__}")
+            memory[variant] = {}
+        if on_variant:
+            on_variant(k)
+    result.environment.memory_isolation = footprint.SEPARATE_PROCESS
+    return memory
+
+
+def _timed(models: Models, variants: list[str], settings: GenerationEval, result: Evaluation, progress,
+           memory: Optional[Memory], together: bool) -> list[GenerationRun]:
+    """Load the variants (all at once when they fit together) and time them; peak memory from `memory`
+    or, where that is None, measured in this process as each variant is loaded."""
+    result.environment.order = "interleaved" if together else "sequential"
+    if not together:
+        result.notes.append("dense and sparse did not fit in memory together: they were timed one after the other, "
+                            "not interleaved")
+    if memory is None:
+        memory = {}
+        result.environment.memory_isolation = (footprint.DEVICE_RESET if models.device.type == "cuda"
+                                               else footprint.IN_PROCESS_HOST)
+    on_run = _run_counter(progress, "generation", len(measurement_order(variants, settings.batch_sizes,
+                                                                         settings.repeats)))
+    groups = [variants] if together else [[v] for v in variants]
+    runs: list[GenerationRun] = []
+    for group in groups:
+        runs += _time_group(models, group, settings, result, memory, on_run)
+    return sorted(runs, key=lambda r: (settings.batch_sizes.index(r.batch_size), variants.index(r.variant)))
+
+
+def _time_group(models: Models, group: list[str], settings: GenerationEval, result: Evaluation, memory: Memory,
+                on_run) -> list[GenerationRun]:
+    loaded: dict[str, nn.Module] = {}
+    try:
+        base = footprint.held_bytes(models.device)
+        for variant in group:
+            held = footprint.held_bytes(models.device) - base  # what the variants loaded before hold
+            loaded[variant] = _load_variant(models, variant, result)
+            if variant not in memory:
+                memory[variant] = footprint.peaks(loaded[variant], settings, models.device, others=held)
+        runs, timeline = generation.benchmark(loaded, settings, models.device, on_run)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        reason = f"out of memory loading the {' and '.join(group)} model: {str(err).splitlines()[0][:200]}"
+        if on_run:
+            on_run(len(measurement_order(group, settings.batch_sizes, settings.repeats)))
+        return [_skipped_run(v, b, settings, reason) for v in group for b in settings.batch_sizes]
+    finally:
+        loaded.clear()
+        _free(models.device)
+    result.generation_timeline += timeline
+    for run in runs:
+        if run.figures is not None:
+            run.figures.peak_memory_bytes = memory.get(run.variant, {}).get(run.batch_size)
+    return runs
+
+
+def _load_variant(models: Models, variant: str, result: Evaluation) -> nn.Module:
+    model = models.load(sparse=variant != "dense")
+    if variant == "sparse-kernel":
+        converted, left = kernels.to_semi_structured(model)
+        result.notes.append(f"2:4 kernels: {len(converted)} Linear layers converted, {len(left)} left dense")
+    return model
 
 
 def _free(device: torch.device) -> None:
@@ -220,4 +312,3 @@ def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     release_freed_memory()
-

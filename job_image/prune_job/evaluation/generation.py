@@ -1,9 +1,13 @@
-"""Generation benchmark of a fully loaded model: greedy decoding with the KV
+"""Generation benchmark of fully loaded models: greedy decoding with the KV
 cache in a manual loop, so that the first token and each following token are
 timed on their own (with a device synchronise on CUDA).
 
-For each batch size: one warm-up run (not counted), then `repeats` timed runs;
-the median of each figure is reported, and the largest peak memory.
+`benchmark` runs every variant (dense, sparse, and on CUDA the 2:4 kernel
+model) in the interleaved order of `interleave.measurement_order`: a shared
+warm-up, then alternating repetitions. Every timed run is kept in a timeline;
+each figure is the median of its runs with the min-max spread
+(`spread.spread`). Peak memory is not measured here, where every variant is
+resident at once: `footprint` measures it one variant at a time.
 """
 from __future__ import annotations
 
@@ -11,13 +15,15 @@ import inspect
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from prune_job.evaluation.memory import PeakMemory, available_bytes
-from prune_job.spec import GenerationEval, GenerationFigures, GenerationRun
+from prune_job.evaluation.interleave import Slot, batch_order
+from prune_job.evaluation.memory import available_bytes
+from prune_job.evaluation.spread import spread
+from prune_job.spec import FigureSpreads, GenerationEval, GenerationFigures, GenerationRun, TimedRun
 
 FIT_MARGIN = 0.9  # use at most this share of the memory still available
 PROMPT_SEED = 0
@@ -28,7 +34,6 @@ class Timing:
     first_token_s: float
     step_s: list[float]  # each following token's time (batch-wide)
     total_s: float
-    peak_bytes: int
     tokens: torch.Tensor  # [batch, new_tokens] generated ids (greedy)
 
 
@@ -53,38 +58,51 @@ def decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> Timing:
     device = prompt.device
     sync, extra, cache_name = _sync(device), _forward_kwargs(model), _cache_name(model)
     steps, generated = [], []
-    with PeakMemory(device) as peak:
-        sync()
-        start = time.perf_counter()
-        out = model(input_ids=prompt, use_cache=True, **extra)
+    sync()
+    start = time.perf_counter()
+    out = model(input_ids=prompt, use_cache=True, **extra)
+    token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+    sync()
+    first = time.perf_counter() - start
+    generated.append(token)
+    cache = out[cache_name]
+    for _ in range(new_tokens - 1):
+        t = time.perf_counter()
+        out = model(input_ids=token, use_cache=True, **{cache_name: cache}, **extra)
+        cache = out[cache_name]
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         sync()
-        first = time.perf_counter() - start
+        steps.append(time.perf_counter() - t)
         generated.append(token)
-        cache = out[cache_name]
-        for _ in range(new_tokens - 1):
-            t = time.perf_counter()
-            out = model(input_ids=token, use_cache=True, **{cache_name: cache}, **extra)
-            cache = out[cache_name]
-            token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-            sync()
-            steps.append(time.perf_counter() - t)
-            generated.append(token)
-        total = time.perf_counter() - start
-        del out, cache
-    return Timing(first, steps, total, peak.bytes, torch.cat(generated, dim=1).cpu())
+    total = time.perf_counter() - start
+    del out, cache
+    return Timing(first, steps, total, torch.cat(generated, dim=1).cpu())
 
 
-def figures(timings: list[Timing], batch_size: int, new_tokens: int) -> GenerationFigures:
-    """Median over runs of throughput, time to first token and mean inter-token latency."""
-    tps = [batch_size * new_tokens / t.total_s for t in timings]
-    ttft = [1000.0 * t.first_token_s for t in timings]
-    itl = [1000.0 * statistics.fmean(t.step_s) for t in timings if t.step_s]
+def timed_run(slot: Slot, timing: Timing, start_s: float, new_tokens: int) -> TimedRun:
+    """One decode as the timeline records it (seconds from the start of the benchmark)."""
+    return TimedRun(
+        variant=slot.variant, batch_size=slot.batch_size, round=slot.round, start_seconds=start_s,
+        end_seconds=start_s + timing.total_s, tokens_per_second=slot.batch_size * new_tokens / timing.total_s,
+        time_to_first_token_ms=1000.0 * timing.first_token_s,
+        inter_token_latency_ms=1000.0 * statistics.fmean(timing.step_s) if timing.step_s else None,
+    )
+
+
+def figures(runs: list[TimedRun]) -> GenerationFigures:
+    """Median and min-max over the timed runs of one variant at one batch size (warm-ups excluded)."""
+    timed = [r for r in runs if r.round >= 0]
+    spreads = FigureSpreads(
+        tokens_per_second=spread([r.tokens_per_second for r in timed]),
+        time_to_first_token_ms=spread([r.time_to_first_token_ms for r in timed]),
+        inter_token_latency_ms=spread([r.inter_token_latency_ms for r in timed if r.inter_token_latency_ms is not None]),
+    )
+    median = lambda s: s.median if s is not None else None  # noqa: E731
     return GenerationFigures(
-        tokens_per_second=statistics.median(tps),
-        time_to_first_token_ms=statistics.median(ttft),
-        inter_token_latency_ms=statistics.median(itl) if itl else None,
-        peak_memory_bytes=max(t.peak_bytes for t in timings),
+        tokens_per_second=median(spreads.tokens_per_second),
+        time_to_first_token_ms=median(spreads.time_to_first_token_ms),
+        inter_token_latency_ms=median(spreads.inter_token_latency_ms),
+        spread=spreads,
     )
 
 
@@ -125,34 +143,58 @@ def does_not_fit(need: int, device: torch.device, what: str) -> Optional[str]:
     return None
 
 
-def _run_need(model: nn.Module, batch_size: int, settings: GenerationEval) -> int:
+def run_need(model: nn.Module, batch_size: int, settings: GenerationEval) -> int:
     elt = next(model.parameters()).element_size()
     return run_bytes(text_config(model), elt, batch_size, settings.prompt_tokens + settings.new_tokens,
                      settings.prompt_tokens)
 
 
-def benchmark(model: nn.Module, settings: GenerationEval, variant: str, device: torch.device) -> list[GenerationRun]:
-    """One GenerationRun per batch size; a batch size that does not fit is recorded, not raised."""
-    vocab = text_config(model).vocab_size
-    runs = []
+OnRun = Callable[[int], None]  # called with the number of runs just finished (or skipped)
+
+
+def benchmark(models: Mapping[str, nn.Module], settings: GenerationEval, device: torch.device,
+              on_run: Optional[OnRun] = None) -> tuple[list[GenerationRun], list[TimedRun]]:
+    """Every variant of `models` ({variant: model}, all resident) at every batch size, interleaved.
+    One GenerationRun per variant and batch size (a batch size that does not fit is recorded for
+    every variant, not raised), and the timeline of every decode in the order it ran."""
+    vocab = text_config(next(iter(models.values()))).vocab_size
+    clock = time.perf_counter()
+    runs: list[GenerationRun] = []
+    timeline: list[TimedRun] = []
     for batch_size in settings.batch_sizes:
-        run = GenerationRun(variant=variant, batch_size=batch_size, prompt_tokens=settings.prompt_tokens,
-                            new_tokens=settings.new_tokens, repeats=settings.repeats)
-        run.skipped = does_not_fit(_run_need(model, batch_size, settings), device, f"batch {batch_size}")
-        if run.skipped is None:
-            run.figures, run.skipped = _measure(model, prompts(vocab, batch_size, settings.prompt_tokens, device),
-                                                settings)
-        runs.append(run)
-    return runs
+        need = max(run_need(m, batch_size, settings) for m in models.values())
+        skipped = does_not_fit(need, device, f"batch {batch_size}")
+        measured: list[TimedRun] = []
+        if skipped is None:
+            prompt = prompts(vocab, batch_size, settings.prompt_tokens, device)
+            measured, skipped = _measure(models, prompt, settings, clock, on_run)
+        elif on_run is not None:
+            on_run(len(models) * (settings.repeats + 1))
+        timeline += measured
+        for variant in models:
+            run = GenerationRun(variant=variant, batch_size=batch_size, prompt_tokens=settings.prompt_tokens,
+                                new_tokens=settings.new_tokens, repeats=settings.repeats, skipped=skipped)
+            if skipped is None:
+                run.figures = figures([r for r in measured if r.variant == variant])
+            runs.append(run)
+    return runs, timeline
 
 
-def _measure(model: nn.Module, prompt: torch.Tensor, settings: GenerationEval
-             ) -> tuple[Optional[GenerationFigures], Optional[str]]:
+def _measure(models: Mapping[str, nn.Module], prompt: torch.Tensor, settings: GenerationEval, clock: float,
+             on_run: Optional[OnRun]) -> tuple[list[TimedRun], Optional[str]]:
+    slots = batch_order(list(models), prompt.shape[0], settings.repeats)
+    measured: list[TimedRun] = []
     try:
-        decode(model, prompt, settings.new_tokens)  # warm-up, not counted
-        timings = [decode(model, prompt, settings.new_tokens) for _ in range(settings.repeats)]
+        for slot in slots:
+            start = time.perf_counter() - clock
+            measured.append(timed_run(slot, decode(models[slot.variant], prompt, settings.new_tokens), start,
+                                      settings.new_tokens))
+            if on_run is not None:
+                on_run(1)
     except (torch.OutOfMemoryError, MemoryError) as err:
         if prompt.device.type == "cuda":
             torch.cuda.empty_cache()
-        return None, f"out of memory at batch {prompt.shape[0]}: {str(err).splitlines()[0][:200]}"
-    return figures(timings, prompt.shape[0], settings.new_tokens), None
+        if on_run is not None:
+            on_run(len(slots) - len(measured))
+        return measured, f"out of memory at batch {prompt.shape[0]}: {str(err).splitlines()[0][:200]}"
+    return measured, None

@@ -1,10 +1,14 @@
 """From measured runs to the summary figures: which batch size the status
-reports, and cost per million generated tokens."""
+reports, each variant against dense (the `spread` rule), and cost per million
+generated tokens with its spread."""
 from __future__ import annotations
 
 from typing import Optional
 
-from prune_job.spec import CostResult, GenerationFigures, GenerationResult, GenerationRun
+from prune_job.evaluation.spread import compare
+from prune_job.spec import (
+    CostResult, GenerationComparison, GenerationFigures, GenerationResult, GenerationRun, Spread, VariantSpreads,
+)
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -31,19 +35,44 @@ def generation_summary(runs: list[GenerationRun], note: Optional[str]) -> Genera
     batch = summary_batch_size(runs)
     if batch is None:
         return GenerationResult(note=note)
+    dense, sparse, kernel = (_figures(runs, v, batch) for v in ("dense", "sparse", "sparse-kernel"))
     return GenerationResult(
-        dense=_figures(runs, "dense", batch),
-        sparse=_figures(runs, "sparse", batch),
-        sparse_kernel=_figures(runs, "sparse-kernel", batch),
-        batch_size=batch,
-        note=note,
+        dense=dense, sparse=sparse, sparse_kernel=kernel, batch_size=batch, note=note,
+        sparse_vs_dense=compare_figures(dense, sparse),
+        sparse_kernel_vs_dense=compare_figures(dense, kernel) if kernel else None,
     )
+
+
+def compare_figures(dense: GenerationFigures, other: GenerationFigures) -> Optional[GenerationComparison]:
+    """Each timed figure of `other` against dense; None without spreads (figures not measured here)."""
+    if dense.spread is None or other.spread is None:
+        return None
+    return GenerationComparison(**{
+        name: compare(getattr(dense.spread, name), getattr(other.spread, name))
+        for name in GenerationComparison.model_fields
+    })
+
+
+def cost_spread(hourly_cost: Optional[float], figures: Optional[GenerationFigures]) -> Optional[Spread]:
+    """Cost per million tokens at the median throughput, its range from the throughput's range
+    (the fastest run is the cheapest)."""
+    tps = figures.spread.tokens_per_second if figures is not None and figures.spread is not None else None
+    if hourly_cost is None or tps is None or tps.low <= 0:
+        return None
+    return Spread(median=cost_per_million(hourly_cost, tps.median), low=cost_per_million(hourly_cost, tps.high),
+                  high=cost_per_million(hourly_cost, tps.low), samples=tps.samples)
 
 
 def cost_summary(generation: GenerationResult, hourly_cost: Optional[float]) -> CostResult:
     kernel = generation.sparse_kernel
+    spreads = VariantSpreads(dense=cost_spread(hourly_cost, generation.dense),
+                             sparse=cost_spread(hourly_cost, generation.sparse),
+                             sparse_kernel=cost_spread(hourly_cost, kernel))
     return CostResult(
         dense=cost_per_million(hourly_cost, generation.dense.tokens_per_second),
         sparse=cost_per_million(hourly_cost, generation.sparse.tokens_per_second),
         sparse_kernel=cost_per_million(hourly_cost, kernel.tokens_per_second) if kernel else None,
+        spread=spreads if spreads.dense is not None else None,
+        sparse_vs_dense=compare(spreads.dense, spreads.sparse),
+        sparse_kernel_vs_dense=compare(spreads.dense, spreads.sparse_kernel),
     )
