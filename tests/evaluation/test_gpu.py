@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from eval_fixtures import ids_file, make_job, prune_folder
 from prune_job.evaluation import evaluate, generation, kernels, write_report
 from prune_job.evaluation.memory import PeakMemory
-from prune_job.spec import Pattern, ResultsDetail
+from prune_job.spec import GenerationEval, Pattern, ResultsDetail
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -65,7 +65,9 @@ def test_decode_on_cuda_is_greedy_generate(tiny_model_factory):
     expect = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, min_new_tokens=5,
                             do_sample=False, pad_token_id=0)
     assert torch.equal(timing.tokens, expect[:, 8:].cpu())
-    assert timing.peak_bytes > 0
+    from prune_job.evaluation.footprint import peaks
+
+    assert peaks(model, GenerationEval(batch_sizes=[2], prompt_tokens=8, new_tokens=5), CUDA)[2] > 0
 
 
 def test_evaluate_on_cuda_runs_2_4_kernels_separately(tmp_path):
@@ -79,6 +81,9 @@ def test_evaluate_on_cuda_runs_2_4_kernels_separately(tmp_path):
     kernel_runs = [r for r in detail.generation_runs if r.variant == "sparse-kernel"]
     assert len(kernel_runs) == 2 and all(r.figures and r.figures.tokens_per_second > 0 for r in kernel_runs)
     assert detail.generation.sparse_kernel is not None and detail.cost_per_million_tokens.sparse_kernel > 0
+    assert detail.environment.order == "interleaved" and detail.generation.sparse_kernel_vs_dense is not None
+    assert {r.variant for r in detail.generation_timeline} == {"dense", "sparse", "sparse-kernel"}
+    assert all(r.figures.peak_memory_bytes > 0 for r in detail.generation_runs)
     assert any("14 Linear layers converted" in n for n in detail.notes)
     assert math.isfinite(detail.perplexity.sparse)
     results = ResultsDetail(**vars(detail))

@@ -62,7 +62,12 @@ def sparsity_plot(detail: ResultsDetail, path: Path) -> Path:
 
 
 def comparison_plot(detail: ResultsDetail, path: Path) -> Path:
-    """Left: dense vs sparse perplexity. Right: tokens/s per batch size for each variant."""
+    return _save(comparison_figure(detail), path)
+
+
+def comparison_figure(detail: ResultsDetail):
+    """Left: dense vs sparse perplexity. Right: tokens/s per batch size for each variant, the median
+    with its min-max range as error bars."""
     fig = _figure(9, 4)
     ax_ppl, ax_tps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ppl = detail.perplexity
@@ -74,7 +79,7 @@ def comparison_plot(detail: ResultsDetail, path: Path) -> Path:
     else:
         _empty(ax_ppl, "perplexity not measured")
     _throughput_bars(ax_tps, detail)
-    return _save(fig, path)
+    return fig
 
 
 def _throughput_bars(ax, detail: ResultsDetail) -> None:
@@ -85,15 +90,29 @@ def _throughput_bars(ax, detail: ResultsDetail) -> None:
         return
     width = 0.8 / len(VARIANTS)
     for k, (variant, label, color) in enumerate(VARIANTS):
-        values = {r.batch_size: r.figures.tokens_per_second for r in measured if r.variant == variant}
-        if values:
-            xs = [i + (k - 1) * width for i, b in enumerate(batches) if b in values]
-            ax.bar(xs, [values[b] for b in batches if b in values], width, label=label, color=color)
+        figures = {r.batch_size: r.figures for r in measured if r.variant == variant}
+        if figures:
+            shown = [b for b in batches if b in figures]
+            xs = [i + (k - 1) * width for i, b in enumerate(batches) if b in figures]
+            ax.bar(xs, [figures[b].tokens_per_second for b in shown], width, label=label, color=color,
+                   yerr=_error_bars([figures[b] for b in shown]), capsize=3, error_kw={"elinewidth": 1})
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_xlabel("batch size")
     ax.set_ylabel("generated tokens / s")
-    ax.set_title("Generation throughput")
+    env = detail.environment
+    kernels = "" if env is None or env.sparse_kernel else "\nno sparse kernel: both run the same dense kernels"
+    ax.set_title(f"Generation throughput (median, min-max){kernels}", fontsize=10)
     ax.legend(fontsize=8)
+
+
+def _error_bars(figures: list) -> list[list[float]]:
+    """[[below], [above]] the median: the min-max range of tokens/s (zero where no spread was measured)."""
+    below, above = [], []
+    for f in figures:
+        s = f.spread.tokens_per_second if f.spread else None
+        below.append(f.tokens_per_second - s.low if s else 0.0)
+        above.append(s.high - f.tokens_per_second if s else 0.0)
+    return [below, above]
 
 
 def _fmt(value, spec: str) -> str:

@@ -8,7 +8,8 @@ from typing import Optional
 
 from prune_job.evaluation.plots import COMPARISON_PNG, SPARSITY_PNG, comparison_plot, sparsity_plot
 from prune_job.checkpoint.sparsity import layer_kind
-from prune_job.spec import GenerationFigures, GenerationRun, Results, ResultsDetail
+from prune_job.evaluation.spread import MIN_SAMPLES
+from prune_job.spec import Comparison, GenerationFigures, GenerationRun, Results, ResultsDetail, Spread
 
 REPORT_MD = "report.md"
 RESULTS_JSON = "results.json"
@@ -34,30 +35,73 @@ def _change(dense: Optional[float], sparse: Optional[float]) -> str:
     return f"{100.0 * (sparse - dense) / dense:+.1f}%"
 
 
-def _figure_rows(gen) -> list[tuple[str, Optional[float], Optional[float], Optional[float], str]]:
-    kernel = gen.sparse_kernel or GenerationFigures()
-    return [
-        (f"tokens/s (batch {gen.batch_size})", gen.dense.tokens_per_second, gen.sparse.tokens_per_second,
-         kernel.tokens_per_second, ".1f"),
-        ("time to first token ms", gen.dense.time_to_first_token_ms, gen.sparse.time_to_first_token_ms,
-         kernel.time_to_first_token_ms, ".1f"),
-        ("inter-token latency ms", gen.dense.inter_token_latency_ms, gen.sparse.inter_token_latency_ms,
-         kernel.inter_token_latency_ms, ".2f"),
-    ]
+def _spread(value: Optional[float], spread: Optional[Spread], spec: str) -> str:
+    """A median with its min-max range: "812.3 [790.1–830.4]"."""
+    if spread is None or value is None:
+        return _num(value, spec)
+    return f"{_num(value, spec)} [{_num(spread.low, spec)}–{_num(spread.high, spec)}]"
+
+
+def _verdict(comparison: Optional[Comparison], dense: Optional[float], other: Optional[float]) -> str:
+    """The change column: the spread rule's verdict where spreads were measured, else the plain change."""
+    return comparison.verdict if comparison is not None else _change(dense, other)
+
+
+FIGURES = (("tokens_per_second", ".1f"), ("time_to_first_token_ms", ".1f"), ("inter_token_latency_ms", ".2f"))
+LABELS = {"tokens_per_second": "tokens/s (batch {b})", "time_to_first_token_ms": "time to first token ms",
+          "inter_token_latency_ms": "inter-token latency ms"}
+
+
+def _cells(figures: Optional[GenerationFigures], name: str, spec: str) -> str:
+    if figures is None:
+        return "–"
+    return _spread(getattr(figures, name), getattr(figures.spread, name) if figures.spread else None, spec)
+
+
+def _kernel_cell(cell: str, comparison: Optional[Comparison]) -> str:
+    return f"{cell}; {comparison.verdict} vs dense" if comparison is not None and cell != "–" else cell
+
+
+def _kernel_row(gen) -> list[str]:
+    """Which matrix kernels each column ran: said in the table, since it decides what a speed change can mean."""
+    if gen.sparse_kernel is None:
+        return ["matmul kernels", "dense", "dense (no sparse kernel ran)", "same kernels: any difference is noise", ""]
+    return ["matmul kernels", "dense", "dense", "", "2:4 semi-structured"]
+
+
+def _generation_rows(gen) -> list[list[str]]:
+    rows = [_kernel_row(gen)]
+    for name, spec in FIGURES:
+        kernel = _cells(gen.sparse_kernel, name, spec) if gen.sparse_kernel else ""
+        k_cmp = getattr(gen.sparse_kernel_vs_dense, name) if gen.sparse_kernel_vs_dense else None
+        cmp = getattr(gen.sparse_vs_dense, name) if gen.sparse_vs_dense else None
+        rows.append([LABELS[name].format(b=gen.batch_size), _cells(gen.dense, name, spec),
+                     _cells(gen.sparse, name, spec),
+                     _verdict(cmp, getattr(gen.dense, name), getattr(gen.sparse, name)), _kernel_cell(kernel, k_cmp)])
+    rows.append(["peak memory", _bytes(gen.dense.peak_memory_bytes), _bytes(gen.sparse.peak_memory_bytes), "",
+                 _bytes(gen.sparse_kernel.peak_memory_bytes) if gen.sparse_kernel else ""])
+    return rows
+
+
+def _cost_row(results: Results) -> list[str]:
+    cost, gen = results.cost_per_million_tokens, results.generation
+    spreads = cost.spread
+    cell = lambda v, k: _spread(v, getattr(spreads, k) if spreads else None, ".3f")  # noqa: E731
+    kernel = _kernel_cell(cell(cost.sparse_kernel, "sparse_kernel"), cost.sparse_kernel_vs_dense) \
+        if gen.sparse_kernel else ""
+    return ["USD / million tokens", cell(cost.dense, "dense"), cell(cost.sparse, "sparse"),
+            _verdict(cost.sparse_vs_dense, cost.dense, cost.sparse), kernel]
 
 
 def summary_rows(results: Results) -> list[list[str]]:
-    """[label, dense, sparse, change, 2:4 kernel] rows shared by the text table and report.md."""
+    """[label, dense, sparse, change, 2:4 kernel] rows shared by the text table and report.md. Timed figures
+    are "median [min–max]"; a change is given only where it is larger than the spread (evaluation.spread)."""
     ppl, gen, cost = results.perplexity, results.generation, results.cost_per_million_tokens
     rows = [["perplexity", _num(ppl.dense), _num(ppl.sparse), _change(ppl.dense, ppl.sparse), ""]]
     if gen.batch_size is not None:
-        for label, d, s, k, spec in _figure_rows(gen):
-            rows.append([label, _num(d, spec), _num(s, spec), _change(d, s), _num(k, spec) if gen.sparse_kernel else ""])
-        rows.append(["peak memory", _bytes(gen.dense.peak_memory_bytes), _bytes(gen.sparse.peak_memory_bytes), "",
-                     _bytes(gen.sparse_kernel.peak_memory_bytes) if gen.sparse_kernel else ""])
+        rows += _generation_rows(gen)
     if cost.dense is not None or cost.sparse is not None:
-        rows.append(["USD / million tokens", _num(cost.dense, ".3f"), _num(cost.sparse, ".3f"),
-                     _change(cost.dense, cost.sparse), _num(cost.sparse_kernel, ".3f") if gen.sparse_kernel else ""])
+        rows.append(_cost_row(results))
     return rows
 
 
@@ -95,8 +139,25 @@ def _run_row(run: GenerationRun) -> list[str]:
     f = run.figures
     if f is None:
         return [run.variant, str(run.batch_size), "–", "–", "–", "–", run.skipped or "not run"]
-    return [run.variant, str(run.batch_size), _num(f.tokens_per_second, ".1f"), _num(f.time_to_first_token_ms, ".1f"),
-            _num(f.inter_token_latency_ms, ".2f"), _bytes(f.peak_memory_bytes), ""]
+    return [run.variant, str(run.batch_size)] + [_cells(f, name, spec) for name, spec in FIGURES] + [
+        _bytes(f.peak_memory_bytes), ""]
+
+
+def _method_text(detail: ResultsDetail) -> str:
+    env = detail.environment
+    repeats = max((r.repeats for r in detail.generation_runs), default=0)
+    order = ("one variant after the other (they did not fit in memory together)" if env.order == "sequential" else
+             "interleaved: a shared warm-up, then rounds in which every variant runs once, the order reversed "
+             "every other round (A B, B A, ...)")
+    return (f"Device {env.device}{f' ({env.device_name})' if env.device_name else ''}, {env.dtype}, "
+            f"torch {env.torch_version}, {env.threads} threads; sparse kernel: {env.sparse_kernel or 'none'}. "
+            f"Greedy decoding with the KV cache, {repeats} timed runs per variant and batch size, {order}. "
+            "Each figure is the median [min–max] of its runs; a change against dense is reported only where the "
+            "two ranges do not overlap (and with at least "
+            f"{MIN_SAMPLES} runs each), otherwise \"no significant difference\" with the largest change the ranges "
+            f"allow. Peak memory is {'device memory' if env.memory_kind == 'device' else 'process RSS'}, measured "
+            f"apart from the timed runs, {env.memory_isolation or 'one variant at a time'}. Every run, in order, "
+            "is in results.json (`generationTimeline`).")
 
 
 def _layers_by_block(detail: ResultsDetail) -> list[str]:
@@ -120,13 +181,8 @@ def render_markdown(detail: ResultsDetail) -> str:
         lines += ["## Perplexity", "", f"{p.windows} windows of {p.sequence_length} tokens from `{p.source}` "
                   f"({p.tokens} predicted tokens per model, {p.method} forward, same windows for both).", ""]
     lines += ["## Generation", ""]
-    env = detail.environment
-    if env:
-        lines += [f"Device {env.device}{f' ({env.device_name})' if env.device_name else ''}, {env.dtype}, "
-                  f"torch {env.torch_version}, {env.threads} threads; peak memory is "
-                  f"{'device memory' if env.memory_kind == 'device' else 'process RSS'}; "
-                  f"sparse kernel: {env.sparse_kernel or 'none'}. Greedy decoding with the KV cache, one warm-up "
-                  "run excluded, median of the timed runs.", ""]
+    if detail.environment:
+        lines += [_method_text(detail), ""]
     lines += _md_table(["variant", "batch", "tokens/s", "TTFT ms", "ITL ms", "peak memory", "skipped"],
                        [_run_row(r) for r in detail.generation_runs]) if detail.generation_runs else ["(not run)"]
     lines += ["", "## Sparsity per layer", "", f"![sparsity by block]({SPARSITY_PNG})", ""] + _layers_by_block(detail)
