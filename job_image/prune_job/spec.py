@@ -448,7 +448,8 @@ class PerplexityDetail(ApiModel):
 
 
 class GenerationRun(ApiModel):
-    """One variant at one batch size: the median of `repeats` timed runs after one warm-up."""
+    """One variant at one batch size: median [min-max] of `repeats` timed runs, interleaved with the other
+    variants after a shared warm-up (docs/measurement.md)."""
 
     variant: Literal["dense", "sparse", "sparse-kernel"]
     batch_size: int
