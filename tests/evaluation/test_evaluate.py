@@ -79,3 +79,34 @@ def test_evaluate_compressed_checkpoint_matches_dense_format(tiny_dense, tiny_sp
     assert all(layer.zeros * 2 == layer.numel and layer.pattern_ok is not False for layer in recounted)
     manifest = json.loads((summary.directory / "manifest.json").read_text())
     assert manifest["sparsity"]["measured"] == 0.5
+
+
+def test_in_memory_sparse_weights_measure_memory_in_process(tiny_dense, tiny_sparse, tmp_path):
+    from prune_job.evaluation.footprint import IN_PROCESS_HOST
+
+    state = load_file(next(tiny_sparse.glob("*.safetensors")))
+    job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out", batch_sizes=(1,))
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_state=state)
+    assert detail.environment.memory_isolation == IN_PROCESS_HOST and detail.environment.order == "interleaved"
+    assert all(r.figures.peak_memory_bytes > 0 for r in detail.generation_runs)
+
+
+def test_models_that_fit_only_one_at_a_time_are_timed_one_after_the_other(tiny_dense, tiny_sparse, tmp_path,
+                                                                         monkeypatch):
+    from prune_job.evaluation import driver
+    from prune_job.evaluation.weights import weight_source
+
+    job = make_job(ids_file(tmp_path / "ids.jsonl", 4, 16), tmp_path / "out", batch_sizes=(1, 2))
+    models = driver.Models(tiny_dense, weight_source(tiny_sparse), "float32", torch.device("cpu"))
+    weights = generation.weight_bytes(models.skeleton)  # room for one model and a half
+    room = (1.5 * weights + generation.run_bytes(generation.text_config(models.skeleton), 4, 2, 12, 8))
+    monkeypatch.setattr(generation, "available_bytes", lambda device: room / generation.FIT_MARGIN)
+    settings = job.spec.evaluation.generation
+    assert driver._does_not_fit(models, settings, 1) is None and driver._does_not_fit(models, settings, 2)
+    state = load_file(next(tiny_sparse.glob("*.safetensors")))  # in memory: no measuring processes (faster)
+    detail = evaluate(job=job, dense_dir=tiny_dense, sparse_state=state)
+    assert detail.environment.order == "sequential" and any("one after the other" in n for n in detail.notes)
+    assert [r.variant for r in detail.generation_timeline] == ["dense"] * 6 + ["sparse"] * 6  # 2 x (warm-up + 2)
+    assert [(r.variant, r.batch_size) for r in detail.generation_runs] == [
+        ("dense", 1), ("sparse", 1), ("dense", 2), ("sparse", 2)]
+    assert all(r.figures is not None for r in detail.generation_runs)
