@@ -161,3 +161,18 @@ def test_an_injected_slow_down_is_significant(tiny_dense):
     assert detail.change("tokensPerSecond").high_percent < -50
     assert detail.change("costPerMillionTokens").low_percent > 100
     assert NO_DIFFERENCE not in summary_table(detail.summary())
+
+
+def test_speed_noise_benchmark_runs_tiny(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "noise.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks/speed_noise.py"), "--tiny", "--trials", "1",
+                           "--repeats", "5", "--new-tokens", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trial = json.loads(out.read_text())["trials"][0]
+    assert isinstance(trial["significant"], bool) and trial["verdict"] and "sequential_percent" in trial

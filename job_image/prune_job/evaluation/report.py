@@ -181,7 +181,7 @@ def render_markdown(detail: ResultsDetail) -> str:
         lines += ["## Perplexity", "", f"{p.windows} windows of {p.sequence_length} tokens from `{p.source}` "
                   f"({p.tokens} predicted tokens per model, {p.method} forward, same windows for both).", ""]
     lines += ["## Generation", ""]
-    if detail.environment:
+    if detail.environment and detail.generation_runs:
         lines += [_method_text(detail), ""]
     lines += _md_table(["variant", "batch", "tokens/s", "TTFT ms", "ITL ms", "peak memory", "skipped"],
                        [_run_row(r) for r in detail.generation_runs]) if detail.generation_runs else ["(not run)"]
