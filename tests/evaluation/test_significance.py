@@ -84,6 +84,21 @@ def test_ranges_apart_are_significant_with_their_bounds():
     assert compare(None, spread([1.0])) is None and spread([]) is None
 
 
+def test_results_change_is_the_one_place_a_sweep_reads():
+    from prune_job.spec import Comparison, CostResult, GenerationComparison, GenerationResult, Results
+
+    faster = Comparison(percent=-20.0, low_percent=-25.0, high_percent=-15.0, significant=True)
+    results = Results(cost_per_million_tokens=CostResult(sparse_kernel_vs_dense=faster),
+                      generation=GenerationResult(sparse_vs_dense=GenerationComparison(tokens_per_second=faster)))
+    assert results.change("costPerMillionTokens", "sparseKernel").significant
+    assert results.change("costPerMillionTokens") is None and results.change("tokensPerSecond") == faster
+    assert results.change("tokensPerSecond", "sparseKernel") is None
+    with pytest.raises(ValueError, match="unknown figure"):
+        results.change("tokens")
+    back = Results.model_validate(results_document(results))  # status.results round trip
+    assert back.change("costPerMillionTokens", "sparseKernel") == faster
+
+
 def test_interleaved_order_alternates_after_a_shared_warm_up():
     order = measurement_order(["A", "B"], [1, 8], 4)
     first = [(s.variant, s.round) for s in order if s.batch_size == 1]
