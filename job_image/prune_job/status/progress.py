@@ -32,9 +32,10 @@ class RunProgress:
         self.state = self.state.model_copy(update={"stage": name, "fraction": None})
         self.unit, self.total = unit, total
         if total is not None:
-            blocks = total if unit == "block" else 0
-            self.state = self.state.model_copy(update={"blocks_total": blocks, "blocks_done": 0, "eta_seconds": None,
-                                                       "fraction": 0.0})
+            update = {"eta_seconds": None, "fraction": 0.0}
+            if unit == "block":  # other units leave the last block count (kubectl's Progress column) alone
+                update.update(blocks_total=total, blocks_done=0)
+            self.state = self.state.model_copy(update=update)
             if self.show_bar:
                 from tqdm import tqdm  # the [job] extra's; `prune_job.status` itself imports only the API types
 
