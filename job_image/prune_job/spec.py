@@ -284,7 +284,8 @@ class PruneJob(ApiModel):
 
 
 class Progress(ApiModel):
-    stage: str = "pending"  # resolving | calibrating | pruning | writing | uploading | evaluating | done
+    stage: str = "pending"  # resolving | pruning | writing | evaluating (perplexity-dense, perplexity-sparse,
+    #   generation-memory, generation) | uploading | done
     blocks_done: int = 0
     blocks_total: int = 0
     eta_seconds: Optional[float] = None
