@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from prune_job.checkpoint.dtypes import FLOAT_NAMES
+from prune_job.checkpoint.headers import check_codes, check_mask_count
 from prune_job.spec import Pattern
 
 ROWS_PER_CHUNK = 1024  # a multiple of 8
@@ -89,9 +90,11 @@ def _encode_bitmask(name: str, t: torch.Tensor) -> Encoded:
     return Encoded(parts, _info(t, "bitmask", parts={"bitmask": f"{name}.bitmask", "values": f"{name}.values"}))
 
 
-def decode_bitmask(info: dict[str, Any], bitmask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def decode_bitmask(info: dict[str, Any], bitmask: torch.Tensor, values: torch.Tensor,
+                   where: str = "tensor") -> torch.Tensor:
     shape = info["shape"]
     numel = math.prod(shape)
+    check_mask_count(where, bitmask, values, numel)
     keep = np.unpackbits(bitmask.numpy(), count=numel, bitorder="little").view(np.bool_)
     out = torch.zeros(numel, dtype=values.dtype)
     out[torch.from_numpy(keep)] = values
@@ -145,7 +148,7 @@ def _encode_nm(name: str, t: torch.Tensor, pattern: Pattern) -> Optional[Encoded
     return Encoded(parts, info)
 
 
-def decode_nm(info: dict[str, Any], values: torch.Tensor, nm_index: torch.Tensor) -> torch.Tensor:
+def decode_nm(info: dict[str, Any], values: torch.Tensor, nm_index: torch.Tensor, where: str = "tensor") -> torch.Tensor:
     n, m = (int(x) for x in info["pattern"].split(":"))
     shape, bits = info["shape"], int(info["index_bits"])
     per_group = 1 if info["index"] == "combination" else n  # codes per group
@@ -158,6 +161,7 @@ def decode_nm(info: dict[str, Any], values: torch.Tensor, nm_index: torch.Tensor
         count = (g1 - g0) * per_group
         first = g0 * per_group * bits // 8
         code = _read_codes(stream[first:first + (count * bits + 7) // 8], count, bits)
+        check_codes(where, code, n, m, per_group == 1)
         pos = _combinations(n, m)[1][code] if per_group == 1 else code.reshape(-1, n)
         out[g0:g1].scatter_(1, pos, kept[g0:g1])
     return out.reshape(shape)
@@ -173,11 +177,12 @@ def _read_codes(stream: np.ndarray, count: int, bits: int) -> torch.Tensor:
     return code
 
 
-def decode(info: dict[str, Any], parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rebuild a tensor from its stored parts (keyed by role: values, bitmask, nm_index)."""
+def decode(info: dict[str, Any], parts: dict[str, torch.Tensor], where: str = "tensor") -> torch.Tensor:
+    """Rebuild a tensor from its stored parts (keyed by role: values, bitmask, nm_index); parts that
+    disagree with each other (set bits against values, codes out of range) raise CheckpointError."""
     kind = info["encoding"]
     if kind == "bitmask":
-        return decode_bitmask(info, parts["bitmask"], parts["values"])
+        return decode_bitmask(info, parts["bitmask"], parts["values"], where)
     if kind == "nm":
-        return decode_nm(info, parts["values"], parts["nm_index"])
+        return decode_nm(info, parts["values"], parts["nm_index"], where)
     raise ValueError(f"unknown tensor encoding {kind!r}")

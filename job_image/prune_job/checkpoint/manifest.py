@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from prune_job.sources.names import check_name
 from prune_job.storage.checksums import sha256_file
 
 MANIFEST = "manifest.json"
@@ -55,8 +56,16 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return doc
 
 
-def manifest_entries(doc: dict[str, Any]) -> dict[str, FileEntry]:
-    return {f["name"]: FileEntry(f["name"], int(f["size"]), f["sha256"]) for f in doc["files"]}
+def manifest_entries(doc: dict[str, Any], where: Any = MANIFEST) -> dict[str, FileEntry]:
+    """{name: entry} of every listed file; a malformed entry or a name that leaves the folder is refused."""
+    entries = {}
+    for n, f in enumerate(doc["files"]):
+        try:
+            entry = FileEntry(f["name"], int(f["size"]), str(f["sha256"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: files[{n}] is not {{name, size, sha256}} ({type(err).__name__}: {err})") from None
+        entries[check_name(entry.name, f"{where}: listed file", CheckpointError)] = entry
+    return entries
 
 
 def verify_file(directory: Path, entry: FileEntry) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
-from safetensors import safe_open
 
 from prune_job.checkpoint.dtypes import CODE_DTYPES, NAME_DTYPES, WIDE_FLOATS
 from prune_job.checkpoint.encoding import decode
+from prune_job.checkpoint.headers import StoredTensor, check_infos, check_parts, read_header, read_index, read_tensor
 from prune_job.checkpoint.manifest import MANIFEST, CheckpointError, manifest_entries, read_manifest, verify_file
 from prune_job.checkpoint.writer import COMPRESSED_INDEX, DENSE_INDEX
 from prune_job.pipeline.memory import release_freed_memory
@@ -29,7 +29,7 @@ class VerifiedFolder:
     def __init__(self, folder: Union[str, Path]):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        self.entries = manifest_entries(self.manifest)
+        self.entries = manifest_entries(self.manifest, self.folder / MANIFEST)
         self._verified: set[str] = set()
 
     @property
@@ -58,9 +58,11 @@ class CompressedReader:
         self.checked = folder if isinstance(folder, VerifiedFolder) else VerifiedFolder(folder)
         if self.checked.format != "compressed":
             raise CheckpointError(f"{self.checked.folder}: format {self.checked.format!r}, not compressed")
-        index = json.loads(self.checked.path(COMPRESSED_INDEX).read_text())
+        index = read_index(self.checked.path(COMPRESSED_INDEX), self.checked.entries)
         self.weight_map: dict[str, str] = index["weight_map"]
-        self.infos: dict[str, dict[str, Any]] = index.get("tensors", {})
+        self.infos: dict[str, dict[str, Any]] = index["tensors"]
+        check_infos(self.checked.folder / COMPRESSED_INDEX, self.infos, self.weight_map)
+        self._headers: dict[str, dict[str, StoredTensor]] = {}
         self.location: dict[str, Path] = {
             name: self.checked.folder / self.weight_map[self._stored_names(name)[0]] for name in self.infos
         }
@@ -83,16 +85,28 @@ class CompressedReader:
             by_shard[self.weight_map[self._stored_names(name)[0]]].append(name)
         out = {}
         for shard, group in by_shard.items():
-            with safe_open(self.checked.path(shard), framework="pt") as f:
-                for name in group:
-                    out[name] = self._decode(f, name)
+            header = self.header(shard)
+            for name in group:
+                out[name] = self._decode(shard, header, name)
         return out
 
-    def _decode(self, f: Any, name: str) -> torch.Tensor:
+    def header(self, shard: str) -> dict[str, StoredTensor]:
+        """A shard's checked safetensors header (verified against the manifest first)."""
+        if shard not in self._headers:
+            self._headers[shard] = read_header(self.checked.path(shard))
+        return self._headers[shard]
+
+    def _decode(self, shard: str, header: dict[str, StoredTensor], name: str) -> torch.Tensor:
         info = self.infos[name]
+        where = f"{self.checked.folder / shard}: tensor {name!r}"
+        stored = info["parts"] if "parts" in info else {"tensor": name}
+        missing = [s for s in stored.values() if s not in header]
+        if missing:
+            raise CheckpointError(f"{where}: {missing[0]!r} is not in the shard's header")
         if "parts" not in info:
-            return f.get_tensor(name)
-        return decode(info, {role: f.get_tensor(stored) for role, stored in info["parts"].items()})
+            return read_tensor(header[name], name)
+        check_parts(where, info, {role: header[s] for role, s in stored.items()})
+        return decode(info, {role: read_tensor(header[s], s) for role, s in stored.items()}, where)
 
     def iter_shards(self) -> Iterator[tuple[str, list[str]]]:
         """(shard file, the tensor names stored in it), in file order."""
@@ -123,7 +137,7 @@ def load_pretrained(path_or_uri: Union[str, Path], device: Union[str, torch.devi
         model = _load_compressed(reader, device, trust_remote_code)
     elif checked.format == "dense":
         checked.verify_all()
-        model = _load_dense(checked.folder, device, trust_remote_code)
+        model = _load_dense(checked, device, trust_remote_code)
         reader = None
     else:
         raise CheckpointError(f"{folder}: unknown checkpoint format {checked.format!r}")
@@ -156,11 +170,10 @@ def _local_folder(path_or_uri: Union[str, Path], cache_dir: Union[str, Path, Non
 def _first_float_dtype(files: Iterable[Path]) -> Optional[torch.dtype]:
     """The dtype of the first floating-point tensor stored in these safetensors files."""
     for path in files:
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                dtype = CODE_DTYPES.get(f.get_slice(key).get_dtype())
-                if dtype in WIDE_FLOATS:
-                    return dtype
+        for _, stored in sorted(read_header(path).items()):
+            dtype = CODE_DTYPES.get(stored.dtype)
+            if dtype in WIDE_FLOATS:
+                return dtype
     return None
 
 
@@ -201,9 +214,28 @@ def _load_compressed(reader: CompressedReader, device: torch.device, trust_remot
     return model.to(device)  # the buffers the model computes itself (rotary tables) were built on the CPU
 
 
-def _load_dense(folder: Path, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
-    dtype = _first_float_dtype(sorted(folder.glob("*.safetensors"))) or "auto"
+def _load_dense(checked: VerifiedFolder, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
+    folder = checked.folder
+    stale = [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in checked.entries]
+    if stale:  # from_pretrained would load a file the manifest does not vouch for
+        raise CheckpointError(f"{folder / stale[0]}: not listed in {MANIFEST}; a file of another run? Remove it")
+    if DENSE_INDEX in checked.entries:
+        read_index_map(checked.path(DENSE_INDEX), checked.entries)
+    files = [checked.path(n) for n in sorted(checked.entries) if n.endswith(".safetensors")]
+    dtype = _first_float_dtype(files) or "auto"
     return load_hf_folder(folder, dtype, device, trust_remote_code)
+
+
+def read_index_map(path: Path, listed: dict[str, Any]) -> None:
+    """A dense index (model.safetensors.index.json) names only files of the manifest."""
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+        shards = set(doc["weight_map"].values())
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: not an index with a weight_map ({type(err).__name__})") from None
+    for shard in shards:
+        if not isinstance(shard, str) or shard not in listed:
+            raise CheckpointError(f"{path}: names shard {shard!r}, which {MANIFEST} does not list")
 
 
 def load_hf_folder(folder: Path, dtype: Union[str, torch.dtype], device: torch.device,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from prune_job.checkpoint.dtypes import CODE_DTYPES, COMPUTE_DTYPES
+from prune_job.checkpoint.dtypes import COMPUTE_DTYPES
+from prune_job.checkpoint.headers import StoredTensor, read_header, read_tensor
 from prune_job.pipeline.memory import release_freed_memory
 from prune_job.sources.models import ModelFormatError, model_folder_problem, weight_files
 from prune_job.spec import SpecError
@@ -30,26 +30,9 @@ DTYPES = COMPUTE_DTYPES
 PRUNABLE = (nn.Linear, Conv1D)
 
 
-@dataclass(frozen=True)
-class StoredTensor:
-    path: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in the file
-    end: int
-
-
 def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    base = 8 + length
-    return {
-        name: StoredTensor(path, info["dtype"], tuple(info["shape"]), base + info["data_offsets"][0],
-                           base + info["data_offsets"][1])
-        for name, info in header.items()
-        if name != "__metadata__"
-    }
+    """A source model file's tensors, every header entry checked against the file (checkpoint.headers)."""
+    return read_header(path, ModelFormatError)
 
 
 class WeightIndex:
@@ -70,20 +53,7 @@ class WeightIndex:
         return key in self.location
 
     def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-        out = {}
-        for key in keys:
-            t = self.location[key]
-            if t.dtype not in CODE_DTYPES:
-                raise ModelFormatError(f"{t.path.name}: tensor {key} has unsupported dtype {t.dtype}")
-            buffer = bytearray(t.end - t.start)
-            with open(t.path, "rb", buffering=0) as f:
-                f.seek(t.start)
-                if f.readinto(buffer) != len(buffer):
-                    raise ModelFormatError(f"{t.path.name}: truncated while reading {key}")
-            dtype = CODE_DTYPES[t.dtype]
-            flat = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
-            out[key] = flat.reshape(t.shape)
-        return out
+        return {key: read_tensor(self.location[key], key, ModelFormatError) for key in keys}
 
 
 def find_blocks(model: nn.Module, override: Optional[str] = None) -> tuple[str, nn.ModuleList]:
@@ -299,6 +269,8 @@ def open_model(
     model.eval()
     device = device or default_device()
     blocks_path, block_list = find_blocks(model, blocks)
+    stored_as = stored_names(model, index.location)
+    check_shapes(model, index, stored_as)
     return ModelHandle(
         model_dir=model_dir,
         model=model,
@@ -308,8 +280,17 @@ def open_model(
         blocks_path=blocks_path,
         blocks=block_list,
         aliases=tied_aliases(model),
-        stored_as=stored_names(model, index.location),
+        stored_as=stored_as,
     )
+
+
+def check_shapes(model: nn.Module, index: "WeightIndex", stored_as: dict[str, str]) -> None:
+    """Every stored tensor the skeleton uses has the shape config.json gives it (before any read)."""
+    for name, param in model.state_dict(keep_vars=True).items():
+        stored = index.location.get(stored_as.get(name, name))
+        if isinstance(stored, StoredTensor) and tuple(stored.shape) != tuple(param.shape):
+            raise ModelFormatError(f"{stored.path.name}: tensor {stored_as.get(name, name)} has shape "
+                                   f"{list(stored.shape)}, but config.json makes {name} {list(param.shape)}")
 
 
 def default_device() -> torch.device:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from prune_job.sources.names import check_name, path_inside
 from prune_job.storage.checksums import sha256_file
 from prune_job.storage.client import S3Store, join_key, parse_s3_uri
 from prune_job.storage.errors import ObjectNotFound, StorageError
@@ -20,16 +21,15 @@ def fetch_model(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> P
     bucket, prefix = parse_s3_uri(uri)
     store = store or S3Store()
     store.check_bucket(bucket)
-    local = Path(cache_dir) / bucket / prefix
-    objects = {key[len(prefix) + 1 if prefix else 0:]: (size, etag) for key, size, etag in store.list(bucket, prefix)}
+    local = path_inside(Path(cache_dir), join_key(bucket, prefix), f"{uri}: location", StorageError)
+    objects = _listed(store, uri, bucket, prefix)
     if not objects:
         raise ObjectNotFound(f"{uri}: no objects under this prefix")
     local.mkdir(parents=True, exist_ok=True)
     etags = _read_etags(local)
     if MANIFEST in objects:
         _fetch_one(store, bucket, join_key(prefix, MANIFEST), local, MANIFEST, objects[MANIFEST], None, etags)
-        doc = json.loads((local / MANIFEST).read_text())
-        wanted = {f["name"]: (int(f["size"]), f["sha256"]) for f in doc.get("files", [])}
+        wanted = _manifest_files(uri, local / MANIFEST)
         missing = sorted(set(wanted) - set(objects))
         if missing:
             raise ObjectNotFound(f"{uri}: {MANIFEST} lists {missing[0]}, which is not in the bucket")
@@ -42,6 +42,31 @@ def fetch_model(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> P
     return local
 
 
+def _listed(store: S3Store, uri: str, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """{name relative to the prefix: (size, etag)}, every name checked (a key is data, not a path)."""
+    start = prefix + "/" if prefix else ""
+    objects = {}
+    for key, size, etag in store.list(bucket, prefix):
+        if not key.startswith(start):
+            raise StorageError(f"{uri}: the server listed {key!r}, which is not under the prefix; refused")
+        objects[check_name(key[len(start):], f"{uri}: object key", StorageError)] = (size, etag)
+    return objects
+
+
+def _manifest_files(uri: str, path: Path) -> dict[str, tuple[int, str]]:
+    """{file name: (size, sha256)} from a downloaded manifest.json, every name checked."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        files = doc["files"]
+        wanted = {f["name"]: (int(f["size"]), str(f["sha256"])) for f in files}
+    except (ValueError, KeyError, TypeError) as err:
+        raise StorageError(f"{uri}: {MANIFEST} is not a checkpoint manifest ({type(err).__name__}: {err}); "
+                           "expected files: [{name, size, sha256}, ...]") from None
+    for name in wanted:
+        check_name(name, f"{uri}: {MANIFEST} lists file", StorageError)
+    return wanted
+
+
 def fetch_data(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> Path:
     """Download one object `s3://bucket/key` into `cache_dir/bucket/key` (again only if it changed)."""
     bucket, key = parse_s3_uri(uri)
@@ -52,7 +77,7 @@ def fetch_data(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> Pa
     remote = store.head(bucket, key)
     if remote is None:
         raise ObjectNotFound(f"{uri}: no such object")
-    dest = Path(cache_dir) / bucket / key
+    dest = path_inside(Path(cache_dir), join_key(bucket, key), f"{uri}: object key", StorageError)
     etags = _read_etags(dest.parent)
     _fetch_one(store, bucket, key, dest.parent, dest.name, (remote[0], remote[2]), remote[1], etags)
     _write_etags(dest.parent, etags)
@@ -62,7 +87,7 @@ def fetch_data(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> Pa
 def _fetch_one(store: S3Store, bucket: str, key: str, folder: Path, name: str, remote: tuple[int, str],
                sha: Optional[str], etags: dict[str, str]) -> Transfer:
     size, etag = remote
-    dest = folder / name
+    dest = path_inside(folder, name, f"s3://{bucket}/{key}: file", StorageError)
     if etag and dest.is_file() and dest.stat().st_size == size and etags.get(name) == etag:
         if sha is None or sha256_file(dest, cached=False) == sha:
             return Transfer(key, size, 0, "cached")
