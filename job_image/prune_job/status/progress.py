@@ -32,6 +32,10 @@ class RunProgress:
         self._started = time.perf_counter()
         self.reporter.progress(self.state)
 
+    def resumed(self, from_block: Optional[int], resumes: int) -> None:
+        """This run continues an interrupted one (status.progress.resumedFromBlock, .resumes)."""
+        self.state = self.state.model_copy(update={"resumed_from_block": from_block, "resumes": resumes})
+
     def block_done(self, done: int, total: int, seconds: float) -> None:
         elapsed = time.perf_counter() - self._started
         eta = elapsed / done * (total - done) if done else None
