@@ -12,8 +12,11 @@ import yaml
 
 from prune_job.spec import PruneJob, SpecError, parse_prunejob
 
-EXIT_BAD_SPEC = 2
-EXIT_FAILED = 1
+from prune_job import exit_codes
+from prune_job.interrupt import Interrupted, stop_on_sigterm
+
+EXIT_BAD_SPEC = exit_codes.BAD_SPEC
+EXIT_FAILED = exit_codes.FAILED
 
 
 class CliError(Exception):
@@ -98,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or os.environ.get("PRUNE_JOB_WORKDIR") or ".prune-job-work")
     reporter = make_reporter(args.report, job)
     try:
-        detail = run_job(job, workdir, reporter, show_bar=not args.no_progress)
+        with stop_on_sigterm(job.spec.run_policy.termination_grace_period_seconds):
+            detail = run_job(job, workdir, reporter, show_bar=not args.no_progress)
     except MemoryError as err:
         raise CliError(f"out of memory ({err}); use fewer calibration samples or a shorter sequenceLength, "
                        "or give the pod more memory (spec.resources.memory)") from None
@@ -123,6 +127,14 @@ def known_failures() -> tuple[type[BaseException], ...]:
 
     return (CliError, SpecError, FileNotFoundError, PermissionError, FactorizationError, ModelFormatError,
             CheckpointError, StorageError)
+
+
+def permanent_failures() -> tuple[type[BaseException], ...]:
+    """Known failures that a retry would repeat: the Job fails at once (exit_codes.PERMANENT)."""
+    from prune_job.algorithms import FactorizationError
+    from prune_job.sources.models import ModelFormatError
+
+    return (FactorizationError, ModelFormatError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +171,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         if args.command == "run":
             print(status_block("Failed", message=str(err)), file=sys.stderr)
-        return EXIT_FAILED
+        return exit_codes.PERMANENT if isinstance(err, permanent_failures()) else EXIT_FAILED
+    except Interrupted as err:
+        print(f"interrupted: {err}. The finished blocks and the journal are durable; "
+              f"rerunning the same PruneJob resumes (exit code {exit_codes.INTERRUPTED})", file=sys.stderr)
+        return exit_codes.INTERRUPTED
 
 
 if __name__ == "__main__":

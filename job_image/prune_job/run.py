@@ -22,6 +22,7 @@ from prune_job.evaluation.driver import Evaluation
 from prune_job.pipeline.memory import micro_batch_tokens
 from prune_job.pipeline.model import ModelHandle, default_device, open_model
 from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
+from prune_job.resume import BlockJournal, made_durable_on_interrupt, open_location
 from prune_job.sources.builtin import cache_root
 from prune_job.sources.models import output_dir, resolve_model
 from prune_job.sources.texts import read_source
@@ -93,13 +94,20 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     out_dir = output_dir(spec.output.uri, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     uploader = storage.Uploader(spec.output.uri, out_dir) if parse_uri(spec.output.uri).is_remote else None
+    opened = open_location(job, prepared.model_dir, prepared.windows, handle.num_blocks, out_dir, uploader)
+    if opened.finished is not None:
+        return _report_finished(opened.finished, uploader, progress, reporter)
+    journal = BlockJournal(out_dir, opened.journal, uploader)
+    progress.resumed(opened.journal.resumed_from_block, opened.journal.resumes)
 
-    with CheckpointWriter(out_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
-                          on_file_written=uploader) as writer:
+    with made_durable_on_interrupt(uploader), CheckpointWriter(
+            out_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
+            on_file_written=journal.on_file_written) as writer:
         progress.stage("pruning", total=handle.num_blocks)
         t_prune = time.perf_counter()
         batches = micro_batches(prepared.windows, micro_batch_tokens(handle.device))
-        pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done)
+        pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done,
+                             journal=journal.attach(writer))
         seconds_prune = time.perf_counter() - t_prune
         progress.stage("writing")
         for name in COPIED_FILES:
@@ -125,6 +133,17 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     if uploader is not None:
         progress.stage("uploading")
         uploader.sync()  # results.json, report.md and plots written after the checkpoint
+        uploader.close()
+    progress.stage("done")
+    reporter.results(detail.summary())
+    reporter.close()
+    return detail
+
+
+def _report_finished(detail: ResultsDetail, uploader: Any, progress: RunProgress,
+                     reporter: StatusReporter) -> ResultsDetail:
+    """A rerun of a finished job: the same results, nothing pruned again."""
+    if uploader is not None:
         uploader.close()
     progress.stage("done")
     reporter.results(detail.summary())

@@ -250,6 +250,10 @@ class RunPolicy(ApiModel):
     suspend: bool = False
     queue_name: str = ""
     priority_class_name: str = ""
+    termination_grace_period_seconds: int = Field(
+        30, ge=1, le=3600, description="the pod's grace period after SIGTERM: the worker finishes or abandons "
+        "the block in flight and makes its journal durable within it (docs/resume.md)"
+    )
 
 
 class PruneJobSpec(ApiModel):
@@ -293,6 +297,10 @@ class Progress(ApiModel):
     blocks: Optional[str] = Field(
         None, description='"blocksDone/blocksTotal" as text, for `kubectl get pj` (set by the status reporter)'
     )
+    resumed_from_block: Optional[int] = Field(
+        None, description="the first block this run pruned, when it continued an interrupted run's journal"
+    )
+    resumes: int = Field(0, description="how many times the run was resumed from its journal")
 
 
 class DenseSparse(ApiModel):

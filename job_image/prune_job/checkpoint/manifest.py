@@ -43,7 +43,10 @@ def write_manifest(directory: Path, fields: dict[str, Any], files: list[FileEntr
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise CheckpointError(f"{directory}: no {MANIFEST}; the checkpoint is incomplete (the manifest is written last)")
+        from prune_job.checkpoint.journal import in_progress_message  # journal.py imports this module
+
+        raise CheckpointError(in_progress_message(Path(directory))
+                              or f"{directory}: no {MANIFEST}; the checkpoint is incomplete (the manifest is written last)")
     try:
         doc = json.loads(path.read_text())
     except ValueError as e:

@@ -83,6 +83,7 @@ class CheckpointWriter:
         self.encodings: dict[str, int] = {}
         self.layers: dict[str, LayerSparsity] = {}  # stored key -> zeros counted while encoding
         self._finished = False
+        self._reported_upto = 0  # shards already returned by end_block
 
     # -- tensors ---------------------------------------------------------------------------------
     def add(self, name: str, tensor: torch.Tensor, pattern: Optional[Pattern] = None, pruned: bool = False,
@@ -129,6 +130,43 @@ class CheckpointWriter:
         self._shard = None
         self._closed.append(path)
         self._notify(path)
+
+    def end_block(self) -> list[Path]:
+        """Close the shard being written: a block's tensors never share a shard with the next block's,
+        so the shards' contents do not depend on where a run was interrupted (docs/resume.md).
+        Returns the shards closed since the last call."""
+        self._check_open()
+        if self._shard is not None:
+            self._close_shard()
+        closed = self._closed[self._reported_upto:]
+        self._reported_upto = len(self._closed)
+        return closed
+
+    def state(self) -> dict[str, Any]:
+        """What the writer knows of the shards closed so far (the journal keeps it; `restore` takes it back)."""
+        if self._shard is not None:
+            raise CheckpointError(f"{self.directory}: a shard is open; end_block() first")
+        return {
+            "shards": [p.name for p in self._closed], "weightMap": dict(self._weight_map),
+            "tensors": dict(self._tensors), "tensorBytes": self.tensor_bytes,
+            "denseTensorBytes": self.dense_tensor_bytes, "encodings": dict(self.encodings),
+            "floatDtype": None if self._float_dtype is None else str(self._float_dtype).removeprefix("torch."),
+            "layers": {k: v.model_dump(by_alias=True, mode="json") for k, v in self.layers.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue after the shards of an earlier, interrupted run (their files must be in the folder)."""
+        if self._closed or self._shard is not None or self._weight_map:
+            raise CheckpointError(f"{self.directory}: restore() must come before any tensor")
+        self._closed = [self.directory / name for name in state["shards"]]
+        self._reported_upto = len(self._closed)
+        self._weight_map = {k: int(v) for k, v in state["weightMap"].items()}
+        self._tensors = dict(state["tensors"])
+        self.tensor_bytes = int(state["tensorBytes"])
+        self.dense_tensor_bytes = int(state["denseTensorBytes"])
+        self.encodings = dict(state["encodings"])
+        self._float_dtype = getattr(torch, state["floatDtype"]) if state.get("floatDtype") else None
+        self.layers = {k: LayerSparsity.model_validate(v) for k, v in state["layers"].items()}
 
     # -- other files -----------------------------------------------------------------------------
     def add_file(self, relative_name: str, content: Union[str, Path, bytes]) -> None:

@@ -42,6 +42,18 @@ class PruneResult:
 BlockCallback = Callable[[int, int, float], None]  # (blocks done, blocks total, seconds of this block)
 
 
+class Journal(Protocol):
+    """Resume after an interruption (resume.BlockJournal): where to start, how to rebuild that block's
+    inputs from the finished blocks, and the commit after each block."""
+
+    start_block: int
+    layers: list[LayerSparsity]
+
+    def replay(self, handle: ModelHandle, inputs: list[MicroBatch]) -> None: ...
+
+    def commit(self, i: int, layers: list[LayerSparsity]) -> None: ...
+
+
 def block_targets(handle: ModelHandle, i: int, pruning: Pruning) -> list[Target]:
     return select_targets(handle.blocks[i], handle.block_prefix(i), pruning.targets.include, pruning.targets.exclude)
 
@@ -155,15 +167,19 @@ def prune_model(
     sink: TensorSink,
     on_block: Optional[BlockCallback] = None,
     start_block: int = 0,
+    journal: Optional[Journal] = None,
 ) -> PruneResult:
     """Prune every block in order. `batches` are micro-batches of token ids; the targets must
-    have passed `check_targets`."""
+    have passed `check_targets`. With a `journal`, start after its finished blocks."""
     method = Method(pruning)
-    result = PruneResult()
+    result = PruneResult(journal.layers if journal is not None else [])
+    start_block = journal.start_block if journal is not None else start_block
     inputs: list[MicroBatch] = []
     if pruning.needs_calibration:
         inputs = capture_block_inputs(handle, batches)
         handle.release_outer()  # the embeddings are not needed again until write_outer reads them from disk
+        if journal is not None:
+            journal.replay(handle, inputs)
     for i in range(start_block, handle.num_blocks):
         t0 = time.perf_counter()
         prefix = handle.block_prefix(i)
@@ -173,6 +189,8 @@ def prune_model(
             advance(handle.blocks[i], inputs, handle.device)
         result.layers += write_block(handle, i, groups, pruning.nm, sink)
         handle.release_tree(prefix)
+        if journal is not None:
+            journal.commit(i, result.layers)
         if on_block:
             on_block(i + 1, handle.num_blocks, time.perf_counter() - t0)
     write_outer(handle, sink)

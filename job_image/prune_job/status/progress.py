@@ -43,6 +43,10 @@ class RunProgress:
         self._started = time.perf_counter()
         self.reporter.progress(self.state)
 
+    def resumed(self, from_block: Optional[int], resumes: int) -> None:
+        """This run continues an interrupted one (status.progress.resumedFromBlock, .resumes)."""
+        self.state = self.state.model_copy(update={"resumed_from_block": from_block, "resumes": resumes})
+
     def advance(self, done: int, total: Optional[int] = None) -> None:
         """`done` of `total` (default: the stage's total) units of the current stage are finished."""
         total = self.total if total is None else total

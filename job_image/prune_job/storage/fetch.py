@@ -11,7 +11,7 @@ from prune_job.sources.names import check_name, path_inside
 from prune_job.storage.checksums import sha256_file
 from prune_job.storage.client import S3Store, join_key, parse_s3_uri
 from prune_job.storage.errors import ObjectNotFound, StorageError
-from prune_job.storage.transfer import ETAGS_FILE, MANIFEST, Transfer
+from prune_job.storage.transfer import ETAGS_FILE, JOURNAL, MANIFEST, Transfer
 
 
 def fetch_model(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> Path:
@@ -33,6 +33,9 @@ def fetch_model(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> P
         missing = sorted(set(wanted) - set(objects))
         if missing:
             raise ObjectNotFound(f"{uri}: {MANIFEST} lists {missing[0]}, which is not in the bucket")
+    elif JOURNAL in objects:  # a run in progress: its journal alone, so that the loader can say so
+        (local / MANIFEST).unlink(missing_ok=True)  # a cached manifest of what the location held before
+        wanted = {JOURNAL: (objects[JOURNAL][0], None)}
     else:
         wanted = {name: (size, None) for name, (size, _) in objects.items()}
     names = [n for n in wanted if n != MANIFEST]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 MiB = 1 << 20
 SHA_META = "x-amz-meta-sha256"  # an object's sha256, recorded when we upload it
 MANIFEST = "manifest.json"  # a checkpoint's list of files (sent last, fetched first)
+JOURNAL = "journal.json"  # the finished blocks of a run in progress (docs/resume.md); sent after their shards
 ETAGS_FILE = ".prune-job-etags.json"  # the download cache's record of what each file was fetched as
 
 

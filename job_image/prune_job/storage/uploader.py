@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from prune_job.storage.client import S3Store, join_key, parse_s3_uri
 from prune_job.storage.errors import UploadError
-from prune_job.storage.transfer import ETAGS_FILE, MANIFEST, Transfer
+from prune_job.storage.transfer import ETAGS_FILE, JOURNAL, MANIFEST, Transfer
 
 log = logging.getLogger(__name__)
 MAX_COPY_BYTES = 5 * (1 << 30)  # CopyObject's limit
@@ -53,11 +53,23 @@ class Uploader:
         st = os.fstat(fd)
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # a rename keeps all four
         with self._lock:
-            earlier = list(self._pending) if name == MANIFEST else []
+            earlier = list(self._pending) if name in (MANIFEST, JOURNAL) else []  # sent after what they list
             prior = self._by_file.get(ident)
             future = self._files.submit(self._send, fd, key, earlier, prior)
             self._pending.append(future)
             self._by_file[ident] = (key, future)
+
+    def adopt(self, path: Path) -> None:
+        """A file that is already in the bucket under its name (a resumed run's finished shards): not sent
+        again, and a later rename of it becomes a server-side copy."""
+        path = Path(path)
+        name = path.relative_to(self.local_dir).as_posix()
+        st = os.stat(path)
+        done: Future = Future()
+        done.set_result(None)
+        with self._lock:
+            self._names.add(name)
+            self._by_file[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = (join_key(self.prefix, name), done)
 
     def _send(self, fd: int, key: str, wait_for: list[Future], prior: Optional[tuple[str, Future]]) -> None:
         try:

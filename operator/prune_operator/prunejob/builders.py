@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
+from prune_job import exit_codes
 from prune_job import spec as api
 from prune_job.sources.uris import DEFAULT_PVC_ROOT, parse_uri
 from prune_operator.config import OperatorConfig
@@ -245,7 +246,8 @@ def _container(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig, mou
 def _pod_spec(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> dict[str, Any]:
     volumes, mounts = _volumes(spec, config, owner)
     pod: dict[str, Any] = {
-        "restartPolicy": "Never",
+        "restartPolicy": "Never",  # also what podFailurePolicy requires
+        "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "serviceAccountName": worker_name(owner),
         "automountServiceAccountToken": True,
         "securityContext": {
@@ -286,9 +288,23 @@ def job(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> dict[st
             "activeDeadlineSeconds": policy.active_deadline_seconds,
             "ttlSecondsAfterFinished": policy.ttl_seconds_after_finished,
             "suspend": bool(policy.suspend or policy.queue_name),
+            "podFailurePolicy": pod_failure_policy(),
             "template": {"metadata": {"labels": labels(owner)}, "spec": _pod_spec(owner, spec, config)},
         },
     }
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Disruptions (preemption, eviction, drain: pod condition DisruptionTarget) and a SIGTERM'd worker
+    (exit_codes.INTERRUPTED, its journal durable) do not count against backoffLimit; a bad spec or a
+    permanent failure fails the Job at once; any other failure counts (docs/resume.md)."""
+    return {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                              "values": list(exit_codes.PERMANENT_CODES)}},
+        {"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                             "values": [exit_codes.INTERRUPTED]}},
+    ]}
 
 
 def children(owner: Owner, raw_spec: dict[str, Any], spec: api.PruneJobSpec, config: OperatorConfig) -> list[dict]:
