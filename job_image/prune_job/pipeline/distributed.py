@@ -21,12 +21,14 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
 from prune_job.pipeline.prune import Method
 from prune_job.pipeline.statistics import Group
+from prune_job.spec import SpecError
 
 T = TypeVar("T")
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
@@ -216,3 +218,41 @@ class DistributedMethod(Method):
             g.stats = None
             for t in g.members:
                 broadcast_weight(world, t.module.weight.data, owner)
+
+
+# ---------------------------------------------------------------- one PruneJob over a World (prune_job.run)
+
+
+def method_for(world: World, pruning) -> Optional[Method]:
+    """The distributed method in a torch.distributed group (world size 1 included); else the plain one."""
+    return DistributedMethod(pruning, world) if isinstance(world, TorchWorld) else None
+
+
+def check_calibration_share(world: World, windows: Sequence) -> None:
+    """Every rank forwards at least one calibration window."""
+    if windows and len(windows) < world.size:
+        raise SpecError([("spec.calibration.samples",
+                          f"{len(windows)} calibration windows cannot be shared by {world.size} ranks; "
+                          f"give at least {world.size} samples or fewer ranks")])
+
+
+REPLICA = "replica-checkpoint"
+
+
+def checkpoint_dirs(world: World, out_dir: Path, workdir: Path, evaluating: bool) -> tuple[Optional[Path], Path]:
+    """(where this rank writes the checkpoint, or None; where it reads it back for evaluation).
+    Rank 0 writes the real one. Evaluation needs the pruned weights on every node: on
+    the other nodes, local rank 0 writes a replica into its own scratch (no upload)."""
+    read = out_dir if world.node == 0 else workdir / REPLICA
+    if world.is_writer:
+        return out_dir, read
+    if evaluating and world.node != 0 and world.local_rank == 0:
+        return read, read
+    return None, read
+
+
+def peak_over_ranks(world: World, value: int) -> int:
+    """The largest of every rank's figure (peak host memory is per process)."""
+    t = torch.tensor([value], dtype=torch.float64)
+    world.all_reduce(t, op="max")
+    return int(t.item())
