@@ -92,20 +92,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = parse_file(args.spec)
     import torch
 
+    from prune_job.pipeline.distributed import launched_by_torchrun, world_from_env
     from prune_job.run import run_job
 
+    if args.nproc is not None and not launched_by_torchrun():
+        from prune_job.launch import launch, strip_nproc
+
+        failure = launch(args.nproc, strip_nproc(args.argv))
+        if failure:
+            raise CliError(failure)
+        return 0
     threads = cpu_quota()
+    if threads:
+        threads = max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # shared by this node's ranks
     if threads and threads < torch.get_num_threads() and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(threads)  # more threads than granted CPUs thrash under a CPU limit
 
     workdir = Path(args.workdir or os.environ.get("PRUNE_JOB_WORKDIR") or ".prune-job-work")
-    reporter = make_reporter(args.report, job)
+    world = world_from_env()
+    reporter = make_reporter(args.report, job) if world.is_writer else None
     try:
         with stop_on_sigterm(job.spec.run_policy.termination_grace_period_seconds):
-            detail = run_job(job, workdir, reporter, show_bar=not args.no_progress)
+            detail = run_job(job, workdir, reporter, show_bar=not args.no_progress, world=world)
     except MemoryError as err:
         raise CliError(f"out of memory ({err}); use fewer calibration samples or a shorter sequenceLength, "
                        "or give the pod more memory (spec.resources.memory)") from None
+    finally:
+        world.close()
+    if detail is None:
+        return 0  # a rank other than 0: rank 0 prints and reports
     _print_summary(detail)
     print(status_block("Succeeded", detail))
     return 0
@@ -150,12 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", choices=["none", "kubernetes"], default="none",
                    help="also patch the PruneJob's status through the in-cluster API")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--nproc", type=_nproc, metavar="N",
+                   help="run as N local ranks with torch.distributed (torchrun; gloo on CPU, one GPU per rank on CUDA)")
     r.set_defaults(func=cmd_run)
     return parser
 
 
+def _nproc(value: str) -> int:
+    from prune_job.launch import MAX_LOCAL_RANKS
+
+    n = int(value)
+    if not 1 <= n <= MAX_LOCAL_RANKS:
+        raise argparse.ArgumentTypeError(f"--nproc must be between 1 and {MAX_LOCAL_RANKS}")
+    return n
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -166,16 +193,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {path or '(document)'}: {reason}", file=sys.stderr)
         if args.command == "run":
             print(status_block("Failed", message=str(err)), file=sys.stderr)
+        _record_for_launcher(err)
         return EXIT_BAD_SPEC
     except known_failures() as err:
         print(f"error: {err}", file=sys.stderr)
         if args.command == "run":
             print(status_block("Failed", message=str(err)), file=sys.stderr)
+        _record_for_launcher(err)
         return exit_codes.PERMANENT if isinstance(err, permanent_failures()) else EXIT_FAILED
     except Interrupted as err:
         print(f"interrupted: {err}. The finished blocks and the journal are durable; "
               f"rerunning the same PruneJob resumes (exit code {exit_codes.INTERRUPTED})", file=sys.stderr)
         return exit_codes.INTERRUPTED
+
+
+def _record_for_launcher(err: BaseException) -> None:
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from prune_job.launch import record_for_launcher
+
+        record_for_launcher(err)
 
 
 if __name__ == "__main__":

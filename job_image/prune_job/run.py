@@ -20,6 +20,8 @@ from prune_job.data import LazyTokenizer, ids_digest, micro_batches, token_windo
 from prune_job.evaluation import evaluate, write_report
 from prune_job.evaluation.driver import Evaluation
 from prune_job.pipeline.memory import micro_batch_tokens
+from prune_job.pipeline import distributed
+from prune_job.pipeline.distributed import SingleProcess, World, first_on_each_node
 from prune_job.pipeline.model import ModelHandle, default_device, open_model
 from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
 from prune_job.resume import BlockJournal, made_durable_on_interrupt, open_location
@@ -80,54 +82,76 @@ def _fetch(uri: str) -> Path:
     return storage.fetch_data(uri, cache_root() / "s3")
 
 
-def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = None, show_bar: bool = True) -> ResultsDetail:
-    """Run a PruneJob; return results.json's model (also written beside the checkpoint)."""
+def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = None, show_bar: bool = True,
+            world: Optional[World] = None) -> Optional[ResultsDetail]:
+    """Run a PruneJob; return results.json's model (also written beside the checkpoint).
+    In a group of ranks (`world`), rank 0 alone writes, uploads and reports; the others return None."""
     spec = job.spec
-    reporter = reporter or NullReporter()
-    progress = RunProgress(reporter, show_bar)
+    world = world or SingleProcess()
+    reporter = reporter if reporter is not None and world.is_writer else NullReporter()
+    progress = RunProgress(reporter, show_bar and world.is_writer)
     t_start = time.perf_counter()
     torch.manual_seed(spec.calibration.seed)
 
     progress.stage("resolving")
-    prepared = prepare(job, _fetch)
+    prepared = first_on_each_node(world, lambda: prepare(job, _fetch))
+    distributed.check_calibration_share(world, prepared.windows)
     handle = prepared.handle
     out_dir = output_dir(spec.output.uri, workdir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    uploader = storage.Uploader(spec.output.uri, out_dir) if parse_uri(spec.output.uri).is_remote else None
-    opened = open_location(job, prepared.model_dir, prepared.windows, handle.num_blocks, out_dir, uploader)
-    if opened.finished is not None:
-        return _report_finished(opened.finished, uploader, progress, reporter)
-    journal = BlockJournal(out_dir, opened.journal, uploader)
-    progress.resumed(opened.journal.resumed_from_block, opened.journal.resumes)
+    write_dir, read_dir = distributed.checkpoint_dirs(world, out_dir, workdir, spec.evaluation.enabled)
+    uploader, journal = None, None
+    if world.is_writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if parse_uri(spec.output.uri).is_remote:
+            uploader = storage.Uploader(spec.output.uri, out_dir)
+        opened = open_location(job, prepared.model_dir, prepared.windows, handle.num_blocks, out_dir, uploader)
+        if opened.finished is not None and world.size == 1:
+            return _report_finished(opened.finished, uploader, progress, reporter)
+        if world.size > 1 and (opened.finished is not None or opened.journal.start_block > 0):
+            # TODO(issue 13 + 11): every rank must replay the finished blocks; until then, say so.
+            raise RuntimeError(f"{out_dir} holds a journal of an earlier run; resuming a run of several ranks "
+                               "is not supported yet: rerun with one rank, or set output.overwrite: true")
+        journal = BlockJournal(out_dir, opened.journal, uploader)
+        progress.resumed(opened.journal.resumed_from_block, opened.journal.resumes)
 
-    with made_durable_on_interrupt(uploader), CheckpointWriter(
-            out_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
-            on_file_written=journal.on_file_written) as writer:
-        progress.stage("pruning", total=handle.num_blocks)
-        t_prune = time.perf_counter()
-        batches = micro_batches(prepared.windows, micro_batch_tokens(handle.device))
-        pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done,
-                             journal=journal.attach(writer))
+    progress.stage("pruning", total=handle.num_blocks)
+    t_prune = time.perf_counter()
+    batches = micro_batches(world.share(prepared.windows), micro_batch_tokens(handle.device))
+    method = distributed.method_for(world, spec.pruning)
+    if write_dir is None:
+        pruned, written = prune_model(handle, spec.pruning, batches, None, method=method), None
         seconds_prune = time.perf_counter() - t_prune
-        progress.stage("writing")
-        for name in COPIED_FILES:
-            if (prepared.model_dir / name).is_file():
-                writer.add_file(name, prepared.model_dir / name)
-        written = writer.finish(_manifest_fields(job, prepared))
+    else:
+        write_dir.mkdir(parents=True, exist_ok=True)
+        with made_durable_on_interrupt(uploader), CheckpointWriter(
+                write_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
+                on_file_written=journal.on_file_written if journal is not None else None) as writer:
+            pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done, method=method,
+                                 journal=journal.attach(writer) if journal is not None else None)
+            seconds_prune = time.perf_counter() - t_prune
+            progress.stage("writing")
+            for name in COPIED_FILES:
+                if (prepared.model_dir / name).is_file():
+                    writer.add_file(name, prepared.model_dir / name)
+            written = writer.finish(_manifest_fields(job, prepared))
+    world.barrier()  # every copy of the checkpoint is written before any rank reads one
 
     evaluation, seconds_evaluate = None, 0.0
     if spec.evaluation.enabled:
         progress.stage("evaluating")
         t_eval = time.perf_counter()
-        evaluation = evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=out_dir,
-                              tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress)
+        evaluation = evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=read_dir,
+                              tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world)
         seconds_evaluate = time.perf_counter() - t_eval
+    peak_host = distributed.peak_over_ranks(world, peak_host_bytes())
+    if not world.is_writer:
+        return None
 
     detail = assemble_results(job, prepared, pruned, written, evaluation)
     detail.seconds.prune = seconds_prune
     detail.seconds.evaluate = seconds_evaluate
     detail.seconds.total = time.perf_counter() - t_start
-    detail.memory.peak_host_bytes = peak_host_bytes()
+    detail.memory.peak_host_bytes = peak_host
     detail.memory.peak_device_bytes = peak_device_bytes()
     write_report(detail, out_dir)  # results.json, report.md and plots: once, with the final seconds and memory
     if uploader is not None:

@@ -95,6 +95,10 @@ class ModelSource(ApiModel):
     blocks: Optional[str] = Field(
         None, description="dotted path of the decoder block list (e.g. model.layers); found automatically when absent"
     )
+    credentials_secret: Optional[str] = Field(
+        None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
+        description="hf:// only: Secret whose key `token` is the Hugging Face token (gated models); never printed",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -235,12 +239,36 @@ class Toleration(ApiModel):
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 
 
+MAX_NODES = 128
+MAX_WORLD_SIZE = 1024
+
+
 class Resources(ApiModel):
     gpus: int = Field(1, ge=0, le=64)
     cpu: str = Field("8", pattern=QUANTITY)
     memory: str = Field("64Gi", pattern=QUANTITY)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    nodes: int = Field(1, ge=1, le=MAX_NODES, description="pods of one PruneJob (torch.distributed ranks "
+                       "across pods; more than 1: an Indexed Job with a headless Service)")
+    processes_per_node: int = Field(1, ge=1, le=64, description="ranks per pod on CPU (gpus: 0); with GPUs "
+                                    "there is one rank per GPU")
+
+    @model_validator(mode="after")
+    def _world(self) -> "Resources":
+        if self.gpus and self.processes_per_node != 1:
+            raise ValueError("processesPerNode is for CPU runs (gpus: 0); with GPUs each pod runs one process per GPU")
+        if self.world_size > MAX_WORLD_SIZE:
+            raise ValueError(f"nodes x processes per node is {self.world_size}, more than {MAX_WORLD_SIZE} ranks")
+        return self
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.gpus or self.processes_per_node
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
 
 
 class RunPolicy(ApiModel):
@@ -264,6 +292,14 @@ class PruneJobSpec(ApiModel):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     resources: Resources = Field(default_factory=Resources)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+    @model_validator(mode="after")
+    def _calibration_shared(self) -> "PruneJobSpec":
+        world = self.resources.world_size
+        if self.pruning.needs_calibration and self.calibration.samples < world:
+            raise ValueError(f"calibration.samples ({self.calibration.samples}) must be at least the number of "
+                             f"ranks ({world}): every rank forwards a share of the calibration windows")
+        return self
 
 
 class ObjectMeta(BaseModel):

@@ -270,6 +270,23 @@ PRUNEJOB_COLUMNS = [
 ]
 
 
+RESOURCES_RULES = [
+    {
+        "rule": "!has(self.gpus) || self.gpus == 0 || !has(self.processesPerNode) || self.processesPerNode == 1",
+        "message": "processesPerNode is for CPU runs (gpus: 0); with GPUs each pod runs one process per GPU",
+        "fieldPath": ".processesPerNode",
+    },
+    {
+        "rule": (
+            "(has(self.nodes) ? self.nodes : 1) * (has(self.gpus) && self.gpus > 0 ? self.gpus : "
+            f"(has(self.processesPerNode) ? self.processesPerNode : 1)) <= {api.MAX_WORLD_SIZE}"
+        ),
+        "message": f"nodes x processes per node must be at most {api.MAX_WORLD_SIZE} ranks",
+        "fieldPath": ".nodes",
+    },
+]
+
+
 def add_pruning_rules(pruning: dict[str, Any]) -> None:
     """The CEL rules of a PruneJob spec's `pruning`, wherever that spec stands."""
     pruning["properties"]["pattern"]["maxLength"] = 16  # bounds the CEL cost of the rules
@@ -295,6 +312,7 @@ def pruning_crd(kind: str, plural: str, spec_schema: dict[str, Any], status_mode
 def prunejob_crd() -> dict[str, Any]:
     spec_schema = structural_schema(api.PruneJobSpec)
     add_pruning_rules(at_path(spec_schema, "pruning"))
+    at_path(spec_schema, "resources")["x-kubernetes-validations"] = copy.deepcopy(RESOURCES_RULES)
     immutable_rules(spec_schema, IMMUTABLE_MESSAGE, mutable=["runPolicy.suspend"])
     return pruning_crd(api.KIND, api.PLURAL, spec_schema, api.PruneJobStatus, ["pj"], PRUNEJOB_COLUMNS)
 

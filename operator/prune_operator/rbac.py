@@ -14,7 +14,8 @@ Why each is here:
 - prunejobs/finalizers, pruneschedules/finalizers: update, needed to set
   blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement).
 - serviceaccounts, roles, rolebindings, configmaps: the worker's identity and
-  spec, created per PruneJob.
+  spec, created per PruneJob; services: the headless Service of a multi-pod
+  PruneJob (docs/scaling.md).
 - jobs: create, watch, and patch (runPolicy.suspend).
 - pods: read a failed pod's termination reason (e.g. OOMKilled).
 - events: the controllers (conditions.post_events) and Kopf post Events.
@@ -35,7 +36,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [api.GROUP], "resources": [f"{api.SCHEDULE_PLURAL}/status"], "verbs": ["patch"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.SCHEDULE_PLURAL}/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["serviceaccounts", "configmaps"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts", "configmaps", "services"], "verbs": ["get", "create"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

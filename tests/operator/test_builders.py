@@ -58,7 +58,9 @@ def test_job_snapshot():
     assert pod["securityContext"]["runAsNonRoot"] is True
     c = container(job)
     assert c["image"] == "registry.example/prune-job:1.2.3"
-    assert c["command"] + c["args"] == ["prune-job", "run", "/etc/prune-job/prunejob.yaml",
+    # two GPUs in one pod: two ranks under torchrun (docs/scaling.md)
+    assert c["command"] + c["args"] == ["torchrun", "--standalone", "--max-restarts=0", "-m", "prune_job",
+                                        "run", "/etc/prune-job/prunejob.yaml",
                                         "--report", "kubernetes", "--workdir", "/scratch"]
     assert c["resources"] == {"requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"},
                               "limits": {"memory": "64Gi", "nvidia.com/gpu": "2"}}

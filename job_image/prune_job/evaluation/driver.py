@@ -32,6 +32,7 @@ from prune_job.evaluation.interleave import measurement_order
 from prune_job.evaluation.perplexity import Perplexity, increase_percent, streamed_nll
 from prune_job.evaluation.summary import cost_summary, generation_summary
 from prune_job.evaluation.weights import WeightSource, load_full_model, streaming_handle, weight_source
+from prune_job.pipeline.distributed import SingleProcess, World, first_on_each_node
 from prune_job.pipeline.memory import micro_batch_tokens, release_freed_memory
 from prune_job.pipeline.model import DTYPES, ModelHandle, default_device, open_model
 from prune_job.sources.texts import read_source
@@ -95,8 +96,11 @@ def evaluate(
     fetch: Optional[Callable[[str], Path]] = None,
     progress: Any = None,
     device: Optional[torch.device] = None,
+    world: Optional[World] = None,
 ) -> Evaluation:
-    """Evaluate `sparse_dir` (or `sparse_state`) against `dense_dir`."""
+    """Evaluate `sparse_dir` (or `sparse_state`) against `dense_dir`. In a group of ranks
+    (`world`) the perplexity windows are shared and the generation benchmark runs on rank 0."""
+    world = world or SingleProcess()
     spec = job.spec
     if (sparse_dir is None) == (sparse_state is None):
         raise ValueError("give exactly one of sparse_dir and sparse_state")
@@ -105,9 +109,10 @@ def evaluate(
                     spec.model.trust_remote_code, spec.model.blocks,
                     Path(sparse_dir) if sparse_dir is not None else None)
     result = Evaluation()
-    windows = eval_windows(job, models, tokenizer, fetch)
-    perplexity(models, windows, result, job, progress)
-    generate(models, job, result, progress)
+    windows = first_on_each_node(world, lambda: eval_windows(job, models, tokenizer, fetch))
+    perplexity(models, windows, result, job, progress, world)
+    if world.is_writer:
+        generate(models, job, result, progress)
     return result
 
 
@@ -120,14 +125,19 @@ def eval_windows(job: PruneJob, models: Models, tokenizer: Any, fetch) -> list[t
                          vocab_size=vocab)
 
 
-def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, job: PruneJob, progress) -> None:
-    """Dense and sparse perplexity on the same windows with the block-streaming forward."""
-    batches = micro_batches(windows, micro_batch_tokens(models.device))  # the same for dense and sparse
+def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, job: PruneJob, progress,
+               world: Optional[World] = None) -> None:
+    """Dense and sparse perplexity on the same windows with the block-streaming forward
+    (each rank its share of the windows; the sums of losses and tokens are reduced in fp64)."""
+    world = world or SingleProcess()
+    batches = micro_batches(world.share(windows), micro_batch_tokens(models.device))  # same for dense and sparse
     figures = {}
     for variant in ("dense", "sparse"):
         handle = models.handle(sparse=variant == "sparse")
         on_block = _counter(progress, f"perplexity-{variant}", handle.num_blocks, "block")
-        figures[variant] = Perplexity(*streamed_nll(handle, batches, on_block))
+        nll, tokens = streamed_nll(handle, batches, on_block) if batches else (0.0, 0)
+        sums = world.all_reduce(torch.tensor([nll, tokens], dtype=torch.float64))
+        figures[variant] = Perplexity(float(sums[0]), int(sums[1]))
         del handle
     dense, sparse = figures["dense"].value, figures["sparse"].value
     result.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse))

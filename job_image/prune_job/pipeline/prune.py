@@ -101,6 +101,11 @@ class Method:
             t.set_weight(new)
         group.stats = None
 
+    def prune_groups(self, groups: list[Group]) -> None:
+        """Prune these groups (one process; pipeline/distributed.py spreads them over ranks)."""
+        for g in groups:
+            self.prune_group(g)
+
 
 def prune_block(handle: ModelHandle, i: int, inputs: list[MicroBatch], method: Method) -> list[Group]:
     """Prune block i in place (its tensors must be loaded); return its target layers in their groups."""
@@ -111,15 +116,14 @@ def prune_block(handle: ModelHandle, i: int, inputs: list[MicroBatch], method: M
         groups: list[Group] = [Group([t]) for t in targets]
     elif not pruning.needs_calibration:
         groups = [Group([t]) for t in targets]
-        for g in groups:
-            method.prune_group(g)
+        method.prune_groups(groups)
     elif pruning.sequential:
         groups, remaining = [], list(targets)
         while remaining:  # each pass sees the layers pruned so far
             found = GroupCollector(remaining, method.make_stats, first_group_only=True).run(block, inputs, handle.device)
             if not found:
                 raise RuntimeError(f"layers never ran in block {i}'s forward: {[t.name for t in remaining]}")
-            method.prune_group(found[0])
+            method.prune_groups(found[:1])
             groups.append(found[0])
             done = {id(t) for t in found[0].members}
             remaining = [t for t in remaining if id(t) not in done]
@@ -128,8 +132,7 @@ def prune_block(handle: ModelHandle, i: int, inputs: list[MicroBatch], method: M
         missing = {id(t) for t in targets} - {id(t) for g in groups for t in g.members}
         if missing:
             raise RuntimeError(f"some target layers never ran in block {i}'s forward")
-        for g in groups:
-            method.prune_group(g)
+        method.prune_groups(groups)
     return groups
 
 
@@ -164,14 +167,17 @@ def prune_model(
     handle: ModelHandle,
     pruning: Pruning,
     batches: list[torch.Tensor],
-    sink: TensorSink,
+    sink: Optional[TensorSink],
     on_block: Optional[BlockCallback] = None,
     start_block: int = 0,
     journal: Optional[Journal] = None,
+    method: Optional[Method] = None,
 ) -> PruneResult:
     """Prune every block in order. `batches` are micro-batches of token ids; the targets must
-    have passed `check_targets`. With a `journal`, start after its finished blocks."""
-    method = Method(pruning)
+    have passed `check_targets`. With a `journal`, start after its finished blocks. `method`:
+    how groups are pruned (default: in this process); no `sink`: nothing is written (a rank
+    other than the writer)."""
+    method = method or Method(pruning)
     result = PruneResult(journal.layers if journal is not None else [])
     start_block = journal.start_block if journal is not None else start_block
     inputs: list[MicroBatch] = []
@@ -187,11 +193,13 @@ def prune_model(
         groups = prune_block(handle, i, inputs, method)
         if inputs and i + 1 < handle.num_blocks:
             advance(handle.blocks[i], inputs, handle.device)
-        result.layers += write_block(handle, i, groups, pruning.nm, sink)
+        if sink is not None:
+            result.layers += write_block(handle, i, groups, pruning.nm, sink)
         handle.release_tree(prefix)
         if journal is not None:
             journal.commit(i, result.layers)
         if on_block:
             on_block(i + 1, handle.num_blocks, time.perf_counter() - t0)
-    write_outer(handle, sink)
+    if sink is not None:
+        write_outer(handle, sink)
     return result

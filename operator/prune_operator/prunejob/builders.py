@@ -16,6 +16,7 @@ from prune_job import exit_codes
 from prune_job import spec as api
 from prune_job.sources.uris import DEFAULT_PVC_ROOT, parse_uri
 from prune_operator.config import OperatorConfig
+from prune_operator.prunejob import ranks
 
 LABEL_PRUNEJOB = f"{api.GROUP}/prunejob"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
@@ -65,6 +66,16 @@ def job_name(owner: Owner) -> str:
 def worker_name(owner: Owner) -> str:
     """ServiceAccount, Role, RoleBinding and ConfigMap share this name."""
     return child_name(owner.name, "-prune-job")
+
+
+def service_name(owner: Owner) -> str:
+    """The headless Service of a multi-pod PruneJob (a DNS-1035 label: starts with a letter)."""
+    return child_name(owner.name if owner.name[:1].isalpha() else f"pj-{owner.name}", "-ranks")
+
+
+def rendezvous_host(owner: Owner) -> str:
+    """Pod 0's stable name: an Indexed Job names its pods <job>-<index>, under the Service's subdomain."""
+    return f"{job_name(owner)}-0.{service_name(owner)}"
 
 
 def labels(owner: Owner) -> dict[str, str]:
@@ -170,6 +181,10 @@ def _env(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> list[d
         {"name": "PRUNE_JOB_PVC_ROOT", "value": PVC_ROOT},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(config.extra_env.items())]
+    env += ranks.env(spec, rendezvous_host(owner))
+    if spec.model.credentials_secret:  # hf:// token for gated models; read by huggingface_hub, never printed
+        env.append({"name": "HF_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": spec.model.credentials_secret, "key": "token"}}})
     if config.s3_endpoint:
         # Listed before the Secret's optional `endpoint`: the kubelet skips a missing
         # optional key, so this default stands unless the Secret names its own.
@@ -216,6 +231,9 @@ def _volumes(spec: api.PruneJobSpec, config: OperatorConfig, owner: Owner) -> tu
         {"name": "scratch", "mountPath": config.scratch_dir},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if ranks.shared_memory_needed(spec):
+        volumes.append(ranks.SHM_VOLUME)
+        mounts.append(ranks.SHM_MOUNT)
     for i, (claim, writes) in enumerate(sorted(pvc_claims(spec).items())):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writes}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writes})
@@ -227,8 +245,8 @@ def _container(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig, mou
         "name": CONTAINER,
         "image": config.job_image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": list(WORKER_COMMAND),
-        "args": worker_args(config),
+        "command": ranks.command(spec, list(WORKER_COMMAND)),
+        "args": ranks.args(spec, worker_args(config)),
         "env": _env(owner, spec, config),
         "resources": _resources(spec),
         "volumeMounts": mounts,
@@ -266,6 +284,8 @@ def _pod_spec(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> d
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.resources.tolerations]
     if spec.run_policy.priority_class_name:
         pod["priorityClassName"] = spec.run_policy.priority_class_name
+    if spec.resources.nodes > 1:
+        pod["subdomain"] = service_name(owner)  # stable names <job>-<index>.<service>
     return pod
 
 
@@ -289,6 +309,7 @@ def job(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> dict[st
             "ttlSecondsAfterFinished": policy.ttl_seconds_after_finished,
             "suspend": bool(policy.suspend or policy.queue_name),
             "podFailurePolicy": pod_failure_policy(),
+            **ranks.indexed(spec),
             "template": {"metadata": {"labels": labels(owner)}, "spec": _pod_spec(owner, spec, config)},
         },
     }
@@ -315,6 +336,7 @@ def children(owner: Owner, raw_spec: dict[str, Any], spec: api.PruneJobSpec, con
         role(owner),
         role_binding(owner),
         spec_config_map(owner, raw_spec),
+        *([ranks.service(_metadata(owner, service_name(owner)), labels(owner))] if spec.resources.nodes > 1 else []),
         job(owner, spec, config),
     ]
 

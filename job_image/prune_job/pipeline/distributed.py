@@ -1,0 +1,258 @@
+"""Data-parallel pruning over `torch.distributed`: the calibration windows are
+split across ranks, statistics are reduced, solves are spread.
+
+A `World` is this process's place in the group. `SingleProcess` is the plain
+path (no collectives); `TorchWorld` wraps a process group started by torchrun
+(gloo on CPU, NCCL on CUDA, one device per local rank). The pipeline sees only
+the `World` interface:
+
+- `share(items)`: this rank's contiguous share of the calibration (or
+  evaluation) windows; each rank forwards only its share.
+- statistics: each group's accumulator is reduced to the rank that solves it,
+  in fp64, weighted by its token count (Hessians are running means, Wanda
+  norms plain sums); with one rank the fp64 round trip is exact, so world size
+  1 gives the plain path's bytes.
+- solves: a block's layer groups are spread over the ranks, largest first
+  (greedy longest-processing-time), and each pruned weight is broadcast from
+  the rank that solved it, as raw bytes (any dtype, either backend).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TypeVar
+
+import torch
+
+from prune_job.pipeline.prune import Method
+from prune_job.pipeline.statistics import Group
+from prune_job.spec import SpecError
+
+T = TypeVar("T")
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+
+
+def share_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous share of n items (sizes differ by at most one)."""
+    return n * rank // size, n * (rank + 1) // size
+
+
+@dataclass
+class World:
+    """One process of a group of `size` (this one is `rank`); `node` is its pod or machine
+    (torchrun's group rank), `local_rank`/`local_size` its place on that node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    node: int = 0
+
+    @property
+    def is_writer(self) -> bool:
+        """Rank 0 alone writes the checkpoint, uploads and reports."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        start, stop = share_bounds(len(items), self.rank, self.size)
+        return list(items[start:stop])
+
+    # Collectives: the single-process world has nothing to exchange.
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return tensor
+
+    def reduce(self, tensor: torch.Tensor, dst: int) -> torch.Tensor:
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        return tensor
+
+    def barrier(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+SingleProcess = World
+
+
+class TorchWorld(World):
+    """A process group started from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+
+    def __init__(self, backend: Optional[str] = None, timeout_s: float = 1800.0):
+        import torch.distributed as dist
+
+        env = {k: int(os.environ.get(k, "0")) for k in ENV_KEYS}
+        super().__init__(rank=env["RANK"], size=env["WORLD_SIZE"], local_rank=env["LOCAL_RANK"],
+                         local_size=env["LOCAL_WORLD_SIZE"] or 1, node=env["GROUP_RANK"])
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(self.local_rank)  # "cuda" now means this rank's own device
+        self.backend = backend or ("nccl" if cuda else "gloo")
+        self._dist = dist
+        if not dist.is_initialized():
+            dist.init_process_group(self.backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    def _on_device(self, tensor: torch.Tensor, fn: Callable[[torch.Tensor], None]) -> torch.Tensor:
+        moved = tensor.to(self.device)
+        fn(moved)
+        if moved is not tensor:
+            tensor.copy_(moved)
+        return tensor
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        ops = {"sum": self._dist.ReduceOp.SUM, "max": self._dist.ReduceOp.MAX}
+        return self._on_device(tensor, lambda t: self._dist.all_reduce(t, ops[op]))
+
+    def reduce(self, tensor: torch.Tensor, dst: int) -> torch.Tensor:
+        return self._on_device(tensor, lambda t: self._dist.reduce(t, dst))
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        return self._on_device(tensor, lambda t: self._dist.broadcast(t, src))
+
+    def barrier(self) -> None:
+        self._dist.barrier()
+
+    def close(self) -> None:
+        if self._dist.is_initialized():
+            self._dist.destroy_process_group()
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def world_from_env() -> World:
+    """The group torchrun started this process in, or the single-process world."""
+    return TorchWorld() if launched_by_torchrun() else SingleProcess()
+
+
+def first_on_each_node(world: World, fn: Callable[[], T]) -> T:
+    """Run `fn` on each node's local rank 0 first, then on the others: downloads into
+    a shared cache (model, calibration text) happen once per node."""
+    if world.local_rank == 0:
+        result = fn()
+        world.barrier()
+        return result
+    world.barrier()
+    return fn()
+
+
+# ---------------------------------------------------------------- statistics and solves
+
+
+def solve_cost(group: Group) -> int:
+    """Work of one group's solve: weights × inputs (SparseGPT adds one factorisation of inputs³)."""
+    n_in = group.leader.in_features
+    return sum(t.get_weight().numel() for t in group.members) * n_in + n_in ** 3
+
+
+def assign_owners(groups: Sequence[Group], size: int) -> list[int]:
+    """Rank that solves each group: largest first, each to the least-loaded rank (ties: lowest rank)."""
+    load = [0] * size
+    owners = [0] * len(groups)
+    for k in sorted(range(len(groups)), key=lambda k: (-solve_cost(groups[k]), k)):
+        rank = min(range(size), key=lambda r: (load[r], r))
+        owners[k] = rank
+        load[rank] += solve_cost(groups[k])
+    return owners
+
+
+def reduce_stats(world: World, groups: Sequence[Group], owners: Sequence[int]) -> None:
+    """Every group's statistics, summed over all ranks' tokens, on the group's owner (fp64
+    reduction; the owner's accumulator ends in its own fp32)."""
+    counts = torch.tensor([g.stats.n for g in groups], dtype=torch.float64)
+    world.all_reduce(counts)
+    for g, owner, total in zip(groups, owners, counts.tolist()):
+        stats = g.stats
+        if hasattr(stats, "H"):  # SparseGPT: H is a running mean over the local tokens
+            local = stats.H.double().mul_(stats.n)
+            world.reduce(local, owner)
+            if world.rank == owner:
+                stats.H.copy_(local.div_(total))
+        else:  # Wanda: a sum of squares
+            local = stats.col_sq_norm.double()
+            world.reduce(local, owner)
+            if world.rank == owner:
+                stats.col_sq_norm.copy_(local)
+        del local
+        stats.n = int(total)
+        if world.rank != owner:
+            g.stats = None  # only the owner solves: free what it will never read
+
+
+def broadcast_weight(world: World, weight: torch.Tensor, src: int) -> None:
+    """Send `weight` (a parameter's data, any dtype) from `src` to every rank, in place."""
+    flat = weight.detach().view(-1)
+    world.broadcast(flat.view(torch.uint8) if flat.is_contiguous() else flat, src)
+
+
+class DistributedMethod(Method):
+    """The method's prune over a `World`: reduce statistics to the solver, solve one's
+    own groups, receive the others' pruned weights."""
+
+    def __init__(self, pruning, world: World):
+        super().__init__(pruning)
+        self.world = world
+
+    def prune_groups(self, groups: list[Group]) -> None:
+        world = self.world
+        owners = assign_owners(groups, world.size)
+        if self.pruning.needs_calibration:
+            reduce_stats(world, groups, owners)
+        for g, owner in zip(groups, owners):
+            if owner == world.rank:
+                self.prune_group(g)
+        for g, owner in zip(groups, owners):
+            g.stats = None
+            for t in g.members:
+                broadcast_weight(world, t.module.weight.data, owner)
+
+
+# ---------------------------------------------------------------- one PruneJob over a World (prune_job.run)
+
+
+def method_for(world: World, pruning) -> Optional[Method]:
+    """The distributed method in a torch.distributed group (world size 1 included); else the plain one."""
+    return DistributedMethod(pruning, world) if isinstance(world, TorchWorld) else None
+
+
+def check_calibration_share(world: World, windows: Sequence) -> None:
+    """Every rank forwards at least one calibration window."""
+    if windows and len(windows) < world.size:
+        raise SpecError([("spec.calibration.samples",
+                          f"{len(windows)} calibration windows cannot be shared by {world.size} ranks; "
+                          f"give at least {world.size} samples or fewer ranks")])
+
+
+REPLICA = "replica-checkpoint"
+
+
+def checkpoint_dirs(world: World, out_dir: Path, workdir: Path, evaluating: bool) -> tuple[Optional[Path], Path]:
+    """(where this rank writes the checkpoint, or None; where it reads it back for evaluation).
+    Rank 0 writes the real one. Evaluation needs the pruned weights on every node: on
+    the other nodes, local rank 0 writes a replica into its own scratch (no upload)."""
+    read = out_dir if world.node == 0 else workdir / REPLICA
+    if world.is_writer:
+        return out_dir, read
+    if evaluating and world.node != 0 and world.local_rank == 0:
+        return read, read
+    return None, read
+
+
+def peak_over_ranks(world: World, value: int) -> int:
+    """The largest of every rank's figure (peak host memory is per process)."""
+    t = torch.tensor([value], dtype=torch.float64)
+    world.all_reduce(t, op="max")
+    return int(t.item())
