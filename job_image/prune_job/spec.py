@@ -129,6 +129,20 @@ class Pruning(ApiModel):
     block_size: int = Field(128, ge=1, le=65536, description="SparseGPT column block")
     dampening: float = Field(0.01, gt=0.0, le=10.0, description="SparseGPT: fraction of mean(diag H) added to the diagonal")
     sequential: bool = Field(True, description="prune sub-layers in execution order, refreshing statistics")
+    score: Literal["wanda", "ria"] = Field("wanda", description="wanda: mask score |W|*||X||; ria: relative importance "
+                                           "(|W| over its row and column sums) times ||X||^riaPower")
+    ria_power: float = Field(0.5, ge=0.0, le=4.0, description="RIA: power of the activation norm")
+    update: Optional[Literal["none", "obs", "admm"]] = Field(
+        None, description="weights kept by the mask: none (wanda, magnitude default), obs (SparseGPT's, its default), "
+        "admm (least-squares optimum for the mask, from the Hessian)")
+    admm_iterations: int = Field(20, ge=1, le=1000, description="ADMM iterations of update: admm")
+    refine: Literal["none", "dsnot"] = Field("none", description="dsnot: prune-and-grow swaps lowering each row's "
+                                             "reconstruction error, before the update")
+    refine_cycles: int = Field(100, ge=1, le=10000, description="DSnoT: most swaps per output row")
+    allocation: Literal["uniform", "owl"] = Field("uniform", description="uniform: every block at `sparsity`; owl: "
+                                                  "per-block sparsity from outlier ratios, model-wide mean exact")
+    owl_m: float = Field(5.0, gt=0.0, le=1000.0, description="OWL: a score is an outlier above owlM times its layer's mean")
+    owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: largest deviation of a block from `sparsity`")
 
     @field_validator("pattern")
     @classmethod
@@ -146,6 +160,16 @@ class Pruning(ApiModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _recipe_is_coherent(self) -> "Pruning":
+        check_recipe(self)
+        return self
+
+    @property
+    def effective_update(self) -> str:
+        """`update`, or the method's own default: obs for sparsegpt, none otherwise."""
+        return self.update or ("obs" if self.method == "sparsegpt" else "none")
+
     @property
     def needs_calibration(self) -> bool:
         """Whether pruning reads calibration activations (magnitude and sparsity 0 do not)."""
@@ -154,6 +178,34 @@ class Pruning(ApiModel):
     @property
     def nm(self) -> Optional[Pattern]:
         return parse_pattern(self.pattern)
+
+
+def check_recipe(p: "Pruning") -> None:
+    """Refuse contradictory combinations of method, score, update, refine and allocation,
+    naming the field (the CRD's CEL rules say the same; see prune_operator.crdgen)."""
+    if p.method == "magnitude":
+        for name, value, default in (("score", p.score, "wanda"), ("update", p.effective_update, "none"),
+                                     ("refine", p.refine, "none"), ("allocation", p.allocation, "uniform")):
+            if value != default:
+                raise ValueError(f"{name}: {value} needs calibration activations, which method magnitude does not "
+                                 f"read; use method wanda or sparsegpt")
+    if p.score == "ria" and p.method != "wanda":
+        raise ValueError("score: ria is a score of the Wanda family; use it with method wanda")
+    if p.update == "obs" and p.method != "sparsegpt":
+        raise ValueError("update: obs is SparseGPT's own update; use method sparsegpt (or update admm)")
+    if p.update == "none" and p.method == "sparsegpt":
+        raise ValueError("update: none contradicts method sparsegpt, which always updates (obs or admm); "
+                         "use method wanda for a mask without update")
+    if p.refine == "dsnot" and p.method == "sparsegpt" and p.effective_update == "obs":
+        raise ValueError("refine: dsnot with method sparsegpt needs update: admm "
+                         "(OBS chooses its mask while it updates the weights)")
+    if p.allocation == "owl":
+        if parse_pattern(p.pattern) is not None:
+            raise ValueError("allocation: owl gives blocks different sparsities, which an N:M pattern (fixed at "
+                             "1 - N/M everywhere) cannot take; use allocation uniform with N:M")
+        if p.owl_lambda > p.sparsity or p.owl_lambda >= 1.0 - p.sparsity:
+            raise ValueError(f"owlLambda {p.owl_lambda} must be at most sparsity ({p.sparsity:g}) and below "
+                             f"1 - sparsity, so every block's sparsity stays in [0, 1)")
 
 
 class Calibration(ApiModel):

@@ -254,6 +254,50 @@ PRUNING_RULES = [
         "fieldPath": ".sparsity",
     },
 ]
+# The recipe's coherence (prune_job.spec.check_recipe says the same). Fields may be absent
+# where the API server has not defaulted them, so each is read with its default.
+_METHOD = "(has(self.method) ? self.method : 'sparsegpt')"
+_UPDATE = f"(has(self.update) ? self.update : ({_METHOD} == 'sparsegpt' ? 'obs' : 'none'))"
+_SCORE = "(has(self.score) ? self.score : 'wanda')"
+_REFINE = "(has(self.refine) ? self.refine : 'none')"
+_OWL = "(has(self.allocation) && self.allocation == 'owl')"
+_LAMBDA = "(has(self.owlLambda) ? self.owlLambda : 0.08)"
+_SPARSITY = "(has(self.sparsity) ? self.sparsity : 0.5)"
+RECIPE_RULES = [
+    {
+        "rule": f"{_METHOD} != 'magnitude' || ({_SCORE} == 'wanda' && {_UPDATE} == 'none' && {_REFINE} == 'none' "
+                f"&& !{_OWL})",
+        "message": "method magnitude reads no calibration: score, update, refine and allocation need method wanda "
+                   "or sparsegpt",
+        "fieldPath": ".method",
+    },
+    {
+        "rule": f"{_SCORE} != 'ria' || {_METHOD} == 'wanda'",
+        "message": "score: ria is a score of the Wanda family; use it with method wanda",
+        "fieldPath": ".score",
+    },
+    {
+        "rule": f"{_METHOD} == 'sparsegpt' ? {_UPDATE} != 'none' : {_UPDATE} != 'obs'",
+        "message": "update: obs is SparseGPT's own update (method sparsegpt), and sparsegpt always updates "
+                   "(obs or admm)",
+        "fieldPath": ".update",
+    },
+    {
+        "rule": f"{_REFINE} != 'dsnot' || {_METHOD} != 'sparsegpt' || {_UPDATE} == 'admm'",
+        "message": "refine: dsnot with method sparsegpt needs update: admm",
+        "fieldPath": ".refine",
+    },
+    {
+        "rule": f"!{_OWL} || !has(self.pattern) || self.pattern == 'unstructured'",
+        "message": "allocation: owl needs pattern unstructured (an N:M pattern fixes every block at 1 - N/M)",
+        "fieldPath": ".allocation",
+    },
+    {
+        "rule": f"!{_OWL} || ({_LAMBDA} <= {_SPARSITY} && {_LAMBDA} < 1.0 - {_SPARSITY})",
+        "message": "owlLambda must be at most sparsity and below 1 - sparsity",
+        "fieldPath": ".owlLambda",
+    },
+]
 IMMUTABLE_MESSAGE = (
     "a PruneJob runs its spec once; create a new PruneJob (another name) for another configuration "
     "(only spec.runPolicy.suspend may change)"
@@ -290,7 +334,7 @@ RESOURCES_RULES = [
 def add_pruning_rules(pruning: dict[str, Any]) -> None:
     """The CEL rules of a PruneJob spec's `pruning`, wherever that spec stands."""
     pruning["properties"]["pattern"]["maxLength"] = 16  # bounds the CEL cost of the rules
-    pruning["x-kubernetes-validations"] = copy.deepcopy(PRUNING_RULES)
+    pruning["x-kubernetes-validations"] = copy.deepcopy(PRUNING_RULES + RECIPE_RULES)
 
 
 def pruning_crd(kind: str, plural: str, spec_schema: dict[str, Any], status_model: type[BaseModel],

@@ -13,7 +13,9 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from prune_job import algorithms
+from prune_job.algorithms import recipe
 from prune_job.checkpoint.sparsity import overall_sparsity
+from prune_job.pipeline.allocation import owl_block_sparsities
 from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs
 from prune_job.pipeline.model import ModelHandle, Target, select_targets
 from prune_job.pipeline.statistics import Group, GroupCollector
@@ -78,26 +80,22 @@ class Method:
 
     def __init__(self, pruning: Pruning):
         self.pruning = pruning
+        self.sparsity = pruning.sparsity  # this block's (allocation owl: set per block by prune_model)
+        self.block_sparsity: Optional[list[float]] = None
 
     def make_stats(self, in_features: int, device: torch.device):
-        if self.pruning.method == "wanda":
+        if not recipe.needs_hessian(self.pruning):
             return algorithms.WandaStats(in_features, device=device)
         return algorithms.HessianStats(in_features, device=device)
 
     def prune_group(self, group: Group) -> None:
         p = self.pruning
-        factor = algorithms.factorise(group.stats.H, p.dampening, overwrite=True) if p.method == "sparsegpt" else None
+        factor = recipe.layer_factor(p, group.stats.H) if p.method == "sparsegpt" else None
         for t in group.members:
-            w = t.get_weight()
-            if p.method == "magnitude":
-                new = algorithms.magnitude_prune(w, p.sparsity, p.nm)
-            elif p.method == "wanda":
-                new = algorithms.wanda_prune(w, p.sparsity, p.nm, group.stats)
-            else:
-                try:
-                    new = algorithms.sparsegpt_prune(w, factor, p.sparsity, p.nm, p.block_size)
-                except algorithms.FactorizationError as err:
-                    raise algorithms.FactorizationError(f"{t.name}: {err}") from None
+            try:
+                new = recipe.prune_weight(t.get_weight(), p, self.sparsity, group.stats, factor)
+            except algorithms.FactorizationError as err:
+                raise algorithms.FactorizationError(f"{t.name}: {err}") from None
             t.set_weight(new)
         group.stats = None
 
@@ -112,7 +110,8 @@ def prune_block(handle: ModelHandle, i: int, inputs: list[MicroBatch], method: M
     pruning = method.pruning
     targets = block_targets(handle, i, pruning)
     block = handle.blocks[i]
-    if pruning.sparsity == 0:
+    method.sparsity = method.block_sparsity[i] if method.block_sparsity else pruning.sparsity
+    if method.sparsity == 0:
         groups: list[Group] = [Group([t]) for t in targets]
     elif not pruning.needs_calibration:
         groups = [Group([t]) for t in targets]
@@ -184,6 +183,8 @@ def prune_model(
     if pruning.needs_calibration:
         inputs = capture_block_inputs(handle, batches)
         handle.release_outer()  # the embeddings are not needed again until write_outer reads them from disk
+        if pruning.allocation == "owl":  # from the dense model's activations, before any replay
+            method.block_sparsity = owl_block_sparsities(handle, pruning, inputs)
         if journal is not None:
             journal.replay(handle, inputs)
     for i in range(start_block, handle.num_blocks):
