@@ -107,7 +107,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
         opened = open_location(job, prepared.model_dir, prepared.windows, handle.num_blocks, out_dir, uploader)
         if opened.finished is not None and world.size == 1:
             return _report_finished(opened.finished, uploader, progress, reporter)
-        if world.size > 1 and (opened.finished is not None or opened.journal.start_block > 0):
+        if world.size > 1 and (opened.finished is not None or opened.journal.blocks_done > 0):
             # TODO(issue 13 + 11): every rank must replay the finished blocks; until then, say so.
             raise RuntimeError(f"{out_dir} holds a journal of an earlier run; resuming a run of several ranks "
                                "is not supported yet: rerun with one rank, or set output.overwrite: true")
