@@ -625,6 +625,9 @@ class PruneJobStatus(ApiModel):
     completion_time: Optional[str] = None
     progress: Optional[Progress] = None
     results: Optional[Results] = None
+    resumes_announced: Optional[int] = Field(
+        None, description="the resumes (status.progress.resumes) the controller has posted an Event for"
+    )
 
 
 # ---------------------------------------------------------------- errors

@@ -63,6 +63,12 @@ def resolve_env(kube: Kube, namespace: str, env: list[dict[str, Any]]) -> dict[s
 def run_pod(kube: Kube, namespace: str, job: dict[str, Any], root: Path, identity: dict[str, str]):
     """Play the kubelet: the Job's container command, args and env as a local process; the
     in-pod paths (the spec volume, /scratch) become folders under `root`."""
+    command, env = pod_process(kube, namespace, job, root, identity)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def pod_process(kube: Kube, namespace: str, job: dict[str, Any], root: Path, identity: dict[str, str]):
+    """(command, env) of the Job's container as a local process (see run_pod)."""
     pod = job["spec"]["template"]["spec"]
     [container] = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -86,9 +92,11 @@ def run_pod(kube: Kube, namespace: str, job: dict[str, Any], root: Path, identit
     env = {k: localise(v) for k, v in resolve_env(kube, namespace, container["env"]).items()}
     env.update(identity)
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    if os.environ.get("PYTHONPATH"):  # the code under test, not another installed copy
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     command = [WORKER if container["command"] == ["prune-job"] else container["command"][0]]
     command += [localise(arg) for arg in container["args"]]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return command, env
 
 
 def allowed(role_rules: list[dict[str, Any]], request: Any) -> bool:

@@ -41,3 +41,15 @@ def test_grace_period_out_of_range_is_named():
 def test_worker_exit_codes_are_distinct():
     codes = [exit_codes.DONE, exit_codes.FAILED, exit_codes.BAD_SPEC, exit_codes.INTERRUPTED, exit_codes.PERMANENT]
     assert len(set(codes)) == len(codes) and builders.CONTAINER
+
+
+def test_resumed_event_once_per_resume():
+    from prune_operator.prunejob.status import resume_events
+
+    progress = {"stage": "pruning", "blocksTotal": 30, "resumedFromBlock": 20, "resumes": 1}
+    [event] = resume_events({"progress": progress})
+    assert (event.type, event.reason) == ("Normal", "Resumed")
+    assert event.message.startswith("Resumed from block 20 of 30")
+    assert resume_events({"progress": progress, "resumesAnnounced": 1}) == []
+    assert len(resume_events({"progress": {**progress, "resumes": 2}, "resumesAnnounced": 1})) == 1
+    assert resume_events({"progress": {"stage": "pruning", "blocksTotal": 30}}) == []

@@ -15,7 +15,8 @@ from typing import Any, Optional
 from prune_job import spec as api
 from prune_operator.conditions import MAX_MESSAGE, Event, condition, describe_problems
 
-CONTROLLER_FIELDS = ("phase", "observedGeneration", "conditions", "jobName", "startTime", "completionTime")
+CONTROLLER_FIELDS = ("phase", "observedGeneration", "conditions", "jobName", "startTime", "completionTime",
+                     "resumesAnnounced")
 CONDITION_TYPES = ("Accepted", "Running", "Succeeded", "Failed")
 TERMINAL = ("Succeeded", "Failed")
 
@@ -195,7 +196,20 @@ def desired_status(
         "completionTime": current.get("completionTime") or outcome.completion_time,
     }
     status = {k: v for k, v in status.items() if v is not None}
-    return status, transition_events(current.get("phase"), outcome)
+    resumed = resume_events(current)
+    if resumed:
+        status["resumesAnnounced"] = (current.get("progress") or {}).get("resumes")
+    return status, resumed + transition_events(current.get("phase"), outcome)
+
+
+def resume_events(current: dict[str, Any]) -> list[Event]:
+    """"Resumed from block k of n" once per resume the worker reported (status.progress, docs/resume.md)."""
+    progress = current.get("progress") or {}
+    resumes, start = progress.get("resumes") or 0, progress.get("resumedFromBlock")
+    if start is None or resumes <= (current.get("resumesAnnounced") or 0):
+        return []
+    return [Event("Normal", "Resumed", f"Resumed from block {start} of {progress.get('blocksTotal') or '?'} "
+                                       f"(resume {resumes}; the finished blocks were kept)")]
 
 
 def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
