@@ -5,11 +5,14 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 
+from prune_job.sources.names import UnsafeName
+from prune_job.sources.uris import redact
 from prune_job.spec import PruneJob, SpecError, parse_prunejob
 
 from prune_job import exit_codes
@@ -29,11 +32,15 @@ def load_document(path: str) -> dict[str, Any]:
         raise CliError(f"{path}: no such file")
     try:
         docs = [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if d is not None]
+    except UnicodeDecodeError as err:
+        raise CliError(f"{path}: not UTF-8 text (byte {err.start}); save the spec as UTF-8") from None
     except yaml.YAMLError as err:
         raise CliError(f"{path}: not valid YAML: {err}") from None
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", "PruneJob") == "PruneJob"]
     if len(jobs) != 1:
-        raise CliError(f"{path}: expected exactly one PruneJob document, found {len(jobs)}")
+        kinds = sorted({str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in docs} - {"PruneJob"})
+        found = f", and {len(docs) - len(jobs)} other document(s) of kind {', '.join(kinds)}" if kinds else ""
+        raise CliError(f"{path}: expected exactly one PruneJob document, found {len(jobs)}{found}")
     return jobs[0]
 
 
@@ -141,7 +148,7 @@ def known_failures() -> tuple[type[BaseException], ...]:
     from prune_job.storage import StorageError
 
     return (CliError, SpecError, FileNotFoundError, PermissionError, FactorizationError, ModelFormatError,
-            CheckpointError, StorageError)
+            CheckpointError, StorageError, UnsafeName)
 
 
 def permanent_failures() -> tuple[type[BaseException], ...]:
@@ -180,33 +187,51 @@ def _nproc(value: str) -> int:
     return n
 
 
+class RedactingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with credentials cut out (sources.uris.redact)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _error(text: str) -> None:
+    print(redact(text), file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return args.func(args)
     except SpecError as err:
-        print(f"error: invalid PruneJob {args.spec}:", file=sys.stderr)
+        _error(f"error: invalid PruneJob {args.spec}:")
         for path, reason in err.problems:
-            print(f"  {path or '(document)'}: {reason}", file=sys.stderr)
+            _error(f"  {path or '(document)'}: {reason}")
         if args.command == "run":
-            print(status_block("Failed", message=str(err)), file=sys.stderr)
+            _error(status_block("Failed", message=str(err)))
         _record_for_launcher(err)
         return EXIT_BAD_SPEC
     except known_failures() as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(f"error: {err}")
         if args.command == "run":
-            print(status_block("Failed", message=str(err)), file=sys.stderr)
+            _error(status_block("Failed", message=str(err)))
         _record_for_launcher(err)
         return exit_codes.PERMANENT if isinstance(err, permanent_failures()) else EXIT_FAILED
     except Interrupted as err:
-        print(f"interrupted: {err}. The finished blocks and the journal are durable; "
-              f"rerunning the same PruneJob resumes (exit code {exit_codes.INTERRUPTED})", file=sys.stderr)
+        _error(f"interrupted: {err}. The finished blocks and the journal are durable; "
+               f"rerunning the same PruneJob resumes (exit code {exit_codes.INTERRUPTED})")
         if argv is None:  # the process's own entry point: what is left of the grace period is not spent on
             _exit_now(exit_codes.INTERRUPTED)  # the interpreter's teardown (seconds with torch loaded)
         return exit_codes.INTERRUPTED
+    except Exception as err:  # a bug: its traceback, but never a credential in it
+        _error("".join(traceback.format_exception(err)))
+        if args.command == "run":
+            _error(status_block("Failed", message=f"internal error ({type(err).__name__}: {err}); please report it"))
+        _record_for_launcher(err)
+        return EXIT_FAILED
 
 
 def _record_for_launcher(err: BaseException) -> None:

@@ -56,9 +56,15 @@ def _require_tokenizer(tokenizer: Any, field: str) -> Any:
 def _row_ids(row: dict[str, Any], tokenizer: Any, length: int, field: str, n: int) -> torch.Tensor:
     if "input_ids" in row:
         ids = row["input_ids"]
-        if not ids or not all(isinstance(i, int) for i in ids):
-            raise SpecError([(field, f"row {n}: input_ids must be a non-empty list of integers")])
+        if not isinstance(ids, list) or not ids or not all(type(i) is int and 0 <= i < 2**31 for i in ids):
+            raise SpecError([(field, f"row {n}: input_ids must be a non-empty list of integers in [0, 2^31) "
+                                     "(true/false are not token ids)")])
+        if len(ids) > length:  # used exactly: never cut, never recorded under a shorter length
+            raise SpecError([(field, f"row {n}: {len(ids)} input_ids, longer than sequenceLength {length}; "
+                                     "shorten the row or raise sequenceLength")])
         return torch.tensor(ids, dtype=torch.long)
+    if not isinstance(row["text"], str):
+        raise SpecError([(field, f"row {n}: text must be a string")])
     ids = _require_tokenizer(tokenizer, field)(row["text"], truncation=True, max_length=length)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 

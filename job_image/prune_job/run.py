@@ -26,10 +26,12 @@ from prune_job.pipeline.model import ModelHandle, default_device, open_model
 from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
 from prune_job.resume import BlockJournal, made_durable_on_interrupt, open_location
 from prune_job.sources.builtin import cache_root
+from prune_job.sources.model_config import config_problems
 from prune_job.sources.models import output_dir, resolve_model
+from prune_job.sources.output import clear_if_asked, output_problems
 from prune_job.sources.texts import read_source
 from prune_job.sources.uris import parse_uri
-from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail
+from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail, SpecError
 from prune_job.status import NullReporter, RunProgress, StatusReporter
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ class Prepared:
 def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
     spec = job.spec
     model_dir = resolve_model(spec.model)
+    problems = config_problems(model_dir, spec) + output_problems(job, model_dir)
+    if problems:
+        raise SpecError(problems)
     handle = open_model(
         model_dir, spec.model.dtype, default_device(), spec.model.allow_pickle,
         spec.model.trust_remote_code, spec.model.blocks,
@@ -94,6 +99,9 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     torch.manual_seed(spec.calibration.seed)
 
     progress.stage("resolving")
+    problems = output_problems(job)
+    if problems:
+        raise SpecError(problems)
     prepared = first_on_each_node(world, lambda: prepare(job, _fetch))
     distributed.check_calibration_share(world, prepared.windows)
     handle = prepared.handle
@@ -101,6 +109,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     write_dir, read_dir = distributed.checkpoint_dirs(world, out_dir, workdir, spec.evaluation.enabled)
     uploader, journal = None, None
     if world.is_writer:
+        clear_if_asked(job)
         out_dir.mkdir(parents=True, exist_ok=True)
         if parse_uri(spec.output.uri).is_remote:
             uploader = storage.Uploader(spec.output.uri, out_dir)

@@ -661,12 +661,19 @@ def problems_from(err: ValidationError, root: str = "") -> list[tuple[str, str]]
     return out
 
 
+TOP_LEVEL_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
 def parse_prunejob(document: dict[str, Any]) -> PruneJob:
     """Validate a PruneJob document (or a bare spec); raise SpecError naming fields."""
     if not isinstance(document, dict):
         raise SpecError([("", "a PruneJob document must be a YAML mapping")])
     if "spec" not in document and "model" in document:
         document = {"spec": document}
+    unknown = sorted(str(k) for k in document if k not in TOP_LEVEL_KEYS)
+    if unknown:
+        raise SpecError([(k, "unknown top-level field (a PruneJob has apiVersion, kind, metadata, spec)")
+                         for k in unknown])
     try:
         return PruneJob.model_validate(document)
     except ValidationError as err:

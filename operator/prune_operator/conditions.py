@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from prune_job import spec as api
+from prune_job.sources.uris import redact
 from prune_operator import metrics
 from prune_operator.kube import ApiError, Kube, collection_path
 
@@ -54,7 +55,7 @@ def condition(kind: str, status: str, reason: str, message: str, previous: Optio
               generation: Optional[int], at: datetime) -> dict[str, Any]:
     """A metav1.Condition; it keeps the `previous` one's lastTransitionTime while its status stays."""
     since = (previous or {}).get("lastTransitionTime") if (previous or {}).get("status") == status else None
-    result = {"type": kind, "status": status, "reason": reason, "message": message,
+    result = {"type": kind, "status": status, "reason": reason, "message": redact(message),
               "lastTransitionTime": since or format_time(at)}
     if generation is not None:
         result["observedGeneration"] = generation
@@ -69,7 +70,9 @@ class Event:
 
 
 def event_message(message: str) -> str:
-    """At most MAX_EVENT_MESSAGE characters, cut in the middle: the end often holds the advice."""
+    """At most MAX_EVENT_MESSAGE characters, cut in the middle: the end often holds the advice;
+    credentials (a pod's termination message may quote a URI) cut out."""
+    message = redact(message)
     if len(message) <= MAX_EVENT_MESSAGE:
         return message
     head = MAX_EVENT_MESSAGE // 2 - len(CUT) // 2

@@ -23,6 +23,11 @@ class OperatorConfig:
     retry_delay: float = 5.0  # seconds before a handler that met API trouble runs again
     resync_seconds: float = 60.0  # how often unfinished PruneJobs are re-synced from their Jobs
     schedule_tick_seconds: float = 10.0  # how often every PruneSchedule is synced: what starts runs on time
+    # Allow-lists (policy.py); empty: no restriction.
+    allowed_secrets: tuple[str, ...] = ()
+    allowed_priority_classes: tuple[str, ...] = ()
+    allowed_node_selectors: tuple[str, ...] = ()  # "key=value" or "key=*"
+    allowed_toleration_keys: tuple[str, ...] = ()  # "*": also a toleration without a key
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "OperatorConfig":
@@ -31,4 +36,13 @@ class OperatorConfig:
             image_pull_policy=environ.get("PRUNE_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent"),
             scratch_size_limit=environ.get("PRUNE_OPERATOR_SCRATCH_SIZE_LIMIT") or None,
             s3_endpoint=environ.get("PRUNE_OPERATOR_S3_ENDPOINT") or None,
+            allowed_secrets=_names(environ.get("PRUNE_OPERATOR_ALLOWED_SECRETS")),
+            allowed_priority_classes=_names(environ.get("PRUNE_OPERATOR_ALLOWED_PRIORITY_CLASSES")),
+            allowed_node_selectors=_names(environ.get("PRUNE_OPERATOR_ALLOWED_NODE_SELECTORS")),
+            allowed_toleration_keys=_names(environ.get("PRUNE_OPERATOR_ALLOWED_TOLERATION_KEYS")),
         )
+
+
+def _names(text: Optional[str]) -> tuple[str, ...]:
+    """A comma-separated list (as the chart writes it); blanks dropped."""
+    return tuple(item.strip() for item in (text or "").split(",") if item.strip())

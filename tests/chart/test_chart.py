@@ -29,6 +29,8 @@ NON_DEFAULT = {
     "imagePullSecrets": [{"name": "regcred"}],
     "worker": {"image": {"repository": "registry.example/ops/prune-job", "tag": "1.2.3-cuda", "pullPolicy": "Always"}},
     "s3": {"endpoint": "http://minio.minio.svc:9000"},
+    "policy": {"allowedCredentialSecrets": ["minio-credentials", "s3-reader"], "allowedPriorityClasses": ["batch"],
+               "allowedNodeSelectors": ["pool=gpu", "zone=*"], "allowedTolerationKeys": ["nvidia.com/gpu"]},
     "watch": {"allNamespaces": False, "namespaces": ["ml", "research"]},
     "crds": {"install": True, "keep": False},
     "serviceAccount": {"create": True, "name": "pruner", "annotations": {"iam.example/role": "pruner"}},
@@ -308,8 +310,14 @@ def test_the_operator_accepts_the_deployments_command_line(monkeypatch, rendered
     assert seen["config"].job_image == "registry.example/ops/prune-job:1.2.3-cuda"
     assert seen["config"].image_pull_policy == "Always"
 
+    assert seen["config"].allowed_secrets == ("minio-credentials", "s3-reader")
+    assert seen["config"].allowed_node_selectors == ("pool=gpu", "zone=*")
+    assert seen["config"].allowed_priority_classes == ("batch",)
+    assert seen["config"].allowed_toleration_keys == ("nvidia.com/gpu",)
+
     seen = run_cli(monkeypatch, rendered["no-metrics"])
     assert "metrics_port" not in seen
+    assert seen["config"].allowed_secrets == ()  # default: no restriction
 
 
 def test_worker_image_and_s3_endpoint_are_values(rendered):

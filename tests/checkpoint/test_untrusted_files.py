@@ -105,6 +105,19 @@ def test_a_stale_shard_beside_a_dense_checkpoint_is_refused(tiny_model_factory, 
         load_pretrained(tmp_path / "ckpt")
 
 
+def test_a_dense_index_naming_a_file_outside_the_manifest_is_refused(tiny_model_factory, tmp_path):
+    src = tiny_model_factory("llama", layers=1, hidden=32)
+    write_model(src, tmp_path / "ckpt", "dense")
+    index_path = tmp_path / "ckpt" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "../../elsewhere.safetensors"
+    index_path.write_text(json.dumps(index))
+    _rehash(tmp_path / "ckpt", index_path.name)
+    with pytest.raises(CheckpointError, match=r"names shard '../../elsewhere.safetensors', which manifest.json does not list"):
+        load_pretrained(tmp_path / "ckpt")
+
+
 # -- safetensors headers ----------------------------------------------------------------------------
 
 def _file(path: Path, header: dict, data: bytes = b"", length: int | None = None) -> Path:

@@ -178,3 +178,32 @@ def test_crdgen_is_generic():
     crdgen.immutable_rules(schema, "no", mutable=["tags"])
     assert "x-kubernetes-validations" not in schema["properties"]["tags"]
     assert schema["properties"]["name"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+
+
+URI_CASES = [
+    ("s3://AKIA:secret@bucket/x/", "embeds credentials"), ("hf://user:token@org/name", "embeds credentials"),
+    ("https://user:pass@host/x", "embeds credentials"), ("s3:///x", "names no bucket"),
+    ("s3://bucket/a/../b/", "'.' or '..' segment"), ("pvc://../x", "'.' or '..' segment"),
+    ("s3://bucket/a//b", "empty segment"),
+]
+
+
+def uri_refusals(crd, path, uri):
+    rules = schema_of(crd, "spec", *path.split("."))["x-kubernetes-validations"]
+    return [r["message"] for r in rules if not evaluate(r["rule"], self=uri)]
+
+
+@pytest.mark.parametrize("path", ["model.uri", "calibration.uri", "output.uri", "evaluation.perplexity.uri"])
+@pytest.mark.parametrize("uri, refused_by", URI_CASES)
+def test_cel_refuses_the_uris_the_parser_refuses(crd, path, uri, refused_by):
+    from prune_job.sources.uris import UriError, parse_uri
+
+    with pytest.raises(UriError, match=refused_by):
+        parse_uri(uri)
+    assert any(refused_by in m for m in uri_refusals(crd, path, uri))
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/prefix/", "s3://b/a..b/c", "hf://org/name", "pvc://claim/dir",
+                                 "/local/dir", "builtin:smollm2-135m", "file:///x/y"])
+def test_cel_accepts_plain_uris(crd, uri):
+    assert uri_refusals(crd, "output.uri", uri) == []

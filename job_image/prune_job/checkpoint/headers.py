@@ -75,7 +75,7 @@ def _entry(path: Path, name: str, info: Any, base: int, data: int, error: type[E
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
         raise error(f"{where}: expected dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise error(f"{where}: unsupported dtype {dtype!r}")
     if not _ints(shape) or len(shape) > MAX_DIMS:
         raise error(f"{where}: shape {shape!r} is not a list of at most {MAX_DIMS} non-negative integers")
@@ -130,10 +130,12 @@ def check_infos(path: Path, infos: dict[str, Any], weight_map: Mapping[str, str]
     """Every tensor's encoding, dtype, shape, pattern and parts make sense together."""
     for name, info in infos.items():
         where = f"{path}: tensor {name!r}"
-        if not isinstance(info, dict) or info.get("encoding") not in ENCODINGS:
+        if not isinstance(info, dict) or not isinstance(info.get("encoding"), str) or info["encoding"] not in ENCODINGS:
             raise CheckpointError(f"{where}: unknown encoding {info.get('encoding') if isinstance(info, dict) else info!r}")
         roles = ENCODINGS[info["encoding"]]
         if not roles:
+            if "parts" in info:
+                raise CheckpointError(f"{where}: a dense tensor has no parts")
             if name not in weight_map:
                 raise CheckpointError(f"{where}: not in the weight_map")
             continue
@@ -141,11 +143,11 @@ def check_infos(path: Path, infos: dict[str, Any], weight_map: Mapping[str, str]
         if not isinstance(parts, dict) or set(parts) != set(roles):
             raise CheckpointError(f"{where}: parts must be {', '.join(roles)}")
         for stored in parts.values():
-            if stored not in weight_map:
+            if not isinstance(stored, str) or stored not in weight_map:
                 raise CheckpointError(f"{where}: part {stored!r} is not in the weight_map")
         if len({weight_map[s] for s in parts.values()}) != 1:
             raise CheckpointError(f"{where}: its parts lie in different shards")
-        if info.get("dtype") not in NAME_DTYPES:
+        if not isinstance(info.get("dtype"), str) or info["dtype"] not in NAME_DTYPES:
             raise CheckpointError(f"{where}: dtype {info.get('dtype')!r} is not a floating-point dtype")
         if not _ints(info.get("shape")) or len(info["shape"]) > MAX_DIMS:
             raise CheckpointError(f"{where}: shape {info.get('shape')!r} is not a list of non-negative integers")

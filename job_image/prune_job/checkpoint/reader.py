@@ -216,7 +216,8 @@ def _load_compressed(reader: CompressedReader, device: torch.device, trust_remot
 
 def _load_dense(checked: VerifiedFolder, device: torch.device, trust_remote_code: bool) -> torch.nn.Module:
     folder = checked.folder
-    stale = [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in checked.entries]
+    stale = [p.name for p in sorted([*folder.glob("*.safetensors"), *folder.glob("*.safetensors.index.json")])
+             if p.name not in checked.entries]
     if stale:  # from_pretrained would load a file the manifest does not vouch for
         raise CheckpointError(f"{folder / stale[0]}: not listed in {MANIFEST}; a file of another run? Remove it")
     if DENSE_INDEX in checked.entries:

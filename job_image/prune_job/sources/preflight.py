@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 from prune_job.sources.builtin import builtin_problem
+from prune_job.sources.model_config import config_problems
 from prune_job.sources.models import ModelFormatError, model_folder_problem, weight_files
+from prune_job.sources.output import output_problems
 from prune_job.sources.texts import data_file_problem
 from prune_job.sources.uris import parse_uri
 from prune_job.spec import PruneJob, SpecError
@@ -34,7 +36,7 @@ def check_model(job: PruneJob) -> Problems:
         return err.problems
     except ModelFormatError as err:
         return [("spec.model.allowPickle", str(err))]
-    return []
+    return config_problems(path, job.spec)
 
 
 def check_data(uri: str, field: str) -> Problems:
@@ -60,7 +62,7 @@ def check_output(job: PruneJob) -> Problems:
 
 def preflight(job: PruneJob) -> Problems:
     spec = job.spec
-    problems = check_model(job) + check_output(job)
+    problems = check_model(job) + check_output(job) + output_problems(job)
     if spec.pruning.needs_calibration:
         problems += check_data(spec.calibration.uri, "spec.calibration.uri")
     if spec.evaluation.enabled:

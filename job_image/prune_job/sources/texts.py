@@ -51,9 +51,12 @@ def read_source(uri: str, field: str, fetch: Optional[Callable[[str], Path]] = N
     problem = data_file_problem(path)
     if problem:
         raise SpecError([(field, problem)])
-    if path.suffix == ".txt":
-        return TextSource(text=path.read_text(encoding="utf-8"), name=uri)
-    return TextSource(rows=_read_jsonl(path, field), name=uri)
+    try:
+        if path.suffix == ".txt":
+            return TextSource(text=path.read_text(encoding="utf-8"), name=uri)
+        return TextSource(rows=_read_jsonl(path, field), name=uri)
+    except UnicodeDecodeError as err:
+        raise SpecError([(field, f"{path.name}: not UTF-8 text (byte {err.start}); save it as UTF-8")]) from None
 
 
 def data_file_problem(path: Path) -> Optional[str]:

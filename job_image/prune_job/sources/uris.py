@@ -18,6 +18,19 @@ from pathlib import Path
 SCHEMES = ("builtin", "s3", "hf", "pvc", "file")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 DEFAULT_PVC_ROOT = "/mnt/pvc"
+# What no URI may be, as (RE2-compatible regex, reason): parse_uri refuses these and the CRDs
+# carry them as CEL rules (crdgen.add_uri_rules). No backslashes, so they read the same in CEL.
+# The reasons never quote the URI: the first one's match is a secret.
+URI_RULES = (
+    (r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*@",
+     "embeds credentials (user:secret@); give them through a Secret (spec.output.credentialsSecret) instead"),
+    (r"^(s3|pvc|hf)://(/|$)", "names no bucket, repository or claim"),
+    (r"^(s3|pvc|hf)://(.*/)?[.][.]?(/|$)", "has a '.' or '..' segment"),
+    (r"^(s3|pvc|hf)://.*//", "has an empty segment ('//')"),
+)
+_URI_RULES = tuple((re.compile(rx), reason) for rx, reason in URI_RULES)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
 class UriError(ValueError):
@@ -62,6 +75,9 @@ def parse_uri(uri: str) -> Uri:
     bucket, repository or claim."""
     if not uri:
         raise UriError("must not be empty")
+    for rule, reason in _URI_RULES:
+        if rule.search(uri):
+            raise UriError(f"the URI {reason}")
     if uri.startswith("builtin:"):
         return Uri("builtin", uri.removeprefix("builtin:"), "", uri)
     match = _SCHEME.match(uri)
@@ -92,3 +108,14 @@ def local_path(uri: str) -> Path:
 
 def is_remote(uri: str) -> bool:
     return parse_uri(uri).is_remote
+
+
+def redact(text: str) -> str:
+    """`text` with the user:secret@ part of any URI, and the values of the credential variables of
+    this process's environment, replaced by `***`: for every message that leaves the process."""
+    text = _USERINFO.sub(r"\1***@", str(text))
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text

@@ -24,8 +24,9 @@ from typing import Any, Optional
 import kopf
 
 from prune_job import spec as api
-from prune_operator import conditions, metrics
+from prune_operator import conditions, metrics, ownership
 from prune_operator.kube import ApiError, Kube, collection_path, object_path
+from prune_operator.policy import policy_problems
 from prune_operator.prunejob import builders, status
 from prune_operator.resync import Key, Resync
 
@@ -64,6 +65,8 @@ def ensure_children(kube: Kube, owner: builders.Owner, raw_spec: dict[str, Any],
             logger.info(f"created {manifest['kind']} {manifest['metadata']['name']}")
             if manifest["kind"] == "Job":
                 metrics.JOBS_CREATED.inc()
+        else:  # 409: ours from an earlier attempt, or someone else's (ownership.Conflict)
+            ownership.check_owned(kube, manifest, owner.name, owner.uid)
 
 
 def follow_suspend(kube: Kube, owner: builders.Owner, spec: api.PruneJobSpec, logger: Any) -> None:
@@ -71,6 +74,7 @@ def follow_suspend(kube: Kube, owner: builders.Owner, spec: api.PruneJobSpec, lo
     job = kube.get_or_none(path)
     if job is None:
         return
+    ownership.check_child({"kind": "Job", **job}, owner.name, owner.uid)  # never patch a Job that is not ours
     patch = builders.suspend_patch(job, spec.run_policy.suspend, queued=bool(spec.run_policy.queue_name))
     if patch is not None:
         kube.merge_patch(path, patch)
@@ -85,8 +89,8 @@ def _failed_pods(kube: Kube, namespace: str, job: Optional[dict[str, Any]]) -> l
     return pods.get("items") or []
 
 
-def sync_status(kube: Kube, namespace: str, name: str, logger: Any, observed: Optional[Observed] = None
-                ) -> Optional[str]:
+def sync_status(kube: Kube, namespace: str, name: str, logger: Any, observed: Optional[Observed] = None,
+                refusal: Optional[tuple[str, str]] = None) -> Optional[str]:
     """Write the PruneJob's controller-owned status from what exists now (from
     `observed` when the caller has just read it); post Events on a transition.
     Returns the phase (None if the PruneJob is gone)."""
@@ -95,7 +99,7 @@ def sync_status(kube: Kube, namespace: str, name: str, logger: Any, observed: Op
         if observed is None:
             return None
         try:
-            return write_status(kube, observed, logger)
+            return write_status(kube, observed, logger, refusal)
         except ApiError as err:
             if err.status == 409:  # someone (the worker) wrote in between: read again
                 observed = None
@@ -106,7 +110,7 @@ def sync_status(kube: Kube, namespace: str, name: str, logger: Any, observed: Op
     raise kopf.TemporaryError("the status kept changing while being written", delay=1)
 
 
-def write_status(kube: Kube, observed: Observed, logger: Any) -> str:
+def write_status(kube: Kube, observed: Observed, logger: Any, refusal: Optional[tuple[str, str]] = None) -> str:
     """One attempt: the status patch, with the resourceVersion read as its precondition."""
     prunejob = observed.prunejob
     namespace, name = prunejob["metadata"]["namespace"], prunejob["metadata"]["name"]
@@ -114,7 +118,8 @@ def write_status(kube: Kube, observed: Observed, logger: Any) -> str:
     if job is not None and not _owned_by(job, prunejob):
         job = None  # a same-named Job of an earlier PruneJob: not ours
     at = conditions.now()
-    desired, events = status.desired_status(prunejob, observed.parsed, job, _failed_pods(kube, namespace, job), at)
+    desired, events = status.desired_status(prunejob, observed.parsed, job, _failed_pods(kube, namespace, job), at,
+                                            refusal)
     changes = status.status_changes(prunejob.get("status") or {}, desired)
     if not changes:
         return desired["phase"]
@@ -151,10 +156,22 @@ def reconcile(kube: Kube, config: Any, namespace: str, name: str, logger: Any) -
     if current.get("phase") in status.TERMINAL:
         return  # ran once; never re-create a Job that its TTL has removed
     owner = builders.Owner.from_body(observed.prunejob)
-    if not current.get("jobName"):  # once the Job was seen, a missing Job means it was deleted: not re-created
-        ensure_children(kube, owner, dict(observed.prunejob.get("spec") or {}), spec, config, logger)
-    follow_suspend(kube, owner, spec, logger)
+    not_allowed = policy_problems(spec, config)
+    if not_allowed:
+        refuse(kube, namespace, name, logger, observed, "NotAllowed", conditions.describe_problems(not_allowed))
+    try:
+        if not current.get("jobName"):  # once the Job was seen, a missing Job means it was deleted: not re-created
+            ensure_children(kube, owner, dict(observed.prunejob.get("spec") or {}), spec, config, logger)
+        follow_suspend(kube, owner, spec, logger)
+    except ownership.Conflict as err:
+        refuse(kube, namespace, name, logger, observed, "NameConflict", str(err))
     sync_status(kube, namespace, name, logger, observed)
+
+
+def refuse(kube: Kube, namespace: str, name: str, logger: Any, observed: Observed, reason: str, message: str) -> None:
+    """Fail the PruneJob without a run (a Failed condition with `reason`), then stop for good."""
+    sync_status(kube, namespace, name, logger, observed, refusal=(reason, message))
+    raise kopf.PermanentError(message)
 
 
 def unfinished(prunejob_phases: kopf.Index) -> list[Key]:

@@ -145,6 +145,15 @@ def invalid_outcome(problems: list[tuple[str, str]]) -> Outcome:
     })
 
 
+def refused_outcome(reason: str, message: str) -> Outcome:
+    """Nothing is run: the spec asks for what the operator does not allow (NotAllowed), or a child's
+    name is taken by an object this PruneJob does not own (NameConflict)."""
+    return Outcome("Failed", {
+        "Accepted": ("False", reason, message[:MAX_MESSAGE]),
+        "Failed": ("True", reason, f"nothing was run: {message}"[:MAX_MESSAGE]),
+    })
+
+
 # ---------------------------------------------------------------- outcome -> status
 
 
@@ -173,14 +182,17 @@ def transition_events(old_phase: Optional[str], outcome: Outcome) -> list[Event]
 
 def desired_status(
     prunejob: dict[str, Any], parsed: ParsedSpec, job: Optional[dict[str, Any]], pods: list[dict[str, Any]],
-    now: datetime,
+    now: datetime, refusal: Optional[tuple[str, str]] = None,
 ) -> tuple[dict[str, Any], list[Event]]:
-    """(the controller-owned status fields, Events to post) for this PruneJob."""
+    """(the controller-owned status fields, Events to post) for this PruneJob; `refusal`
+    (reason, message) fails it without a run."""
     meta = prunejob.get("metadata") or {}
     current = prunejob.get("status") or {}
     if current.get("phase") in TERMINAL and job is None:
         return {k: current[k] for k in CONTROLLER_FIELDS if k in current}, []  # finished; its Job may be gone (TTL)
-    if parsed.spec is None:
+    if refusal is not None:
+        outcome = refused_outcome(*refusal)
+    elif parsed.spec is None:
         outcome = invalid_outcome(parsed.problems)
     elif job is None and current.get("jobName"):
         outcome = job_deleted_outcome(current["jobName"])
