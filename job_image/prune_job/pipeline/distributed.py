@@ -140,13 +140,16 @@ def world_from_env() -> World:
 
 def first_on_each_node(world: World, fn: Callable[[], T]) -> T:
     """Run `fn` on each node's local rank 0 first, then on the others: downloads into
-    a shared cache (model, calibration text) happen once per node."""
+    a shared cache (model, calibration text) happen once per node. Returns when every
+    rank is done (so that timings after it start together)."""
     if world.local_rank == 0:
         result = fn()
         world.barrier()
-        return result
+    else:
+        world.barrier()
+        result = fn()
     world.barrier()
-    return fn()
+    return result
 
 
 # ---------------------------------------------------------------- statistics and solves
