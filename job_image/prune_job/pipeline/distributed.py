@@ -172,24 +172,34 @@ def assign_owners(groups: Sequence[Group], size: int) -> list[int]:
     return owners
 
 
+REDUCE_CHUNK_BYTES = 256 << 20  # fp64 staging per collective: a 28672² Hessian goes in ~1 GB of fp32 rows
+
+
+def _reduce_rows(world: World, acc: torch.Tensor, owner: int, scale: float, total: float) -> None:
+    """acc (fp32, 1-D or 2-D) := sum over ranks of acc * scale / total, on `owner`, in fp64
+    row chunks (the fp64 copy of a whole Hessian would double its memory)."""
+    rows = acc.view(-1, acc.shape[-1])
+    step = max(1, REDUCE_CHUNK_BYTES // (8 * rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        part = rows[start:start + step]
+        local = part.double().mul_(scale)
+        world.reduce(local, owner)
+        if world.rank == owner:
+            part.copy_(local.div_(total))
+
+
 def reduce_stats(world: World, groups: Sequence[Group], owners: Sequence[int]) -> None:
     """Every group's statistics, summed over all ranks' tokens, on the group's owner (fp64
-    reduction; the owner's accumulator ends in its own fp32)."""
+    reduction; the owner's accumulator ends in its own fp32). With one rank the round trip
+    is exact (x * n / n in fp64 for fp32 x and integer n)."""
     counts = torch.tensor([g.stats.n for g in groups], dtype=torch.float64)
     world.all_reduce(counts)
     for g, owner, total in zip(groups, owners, counts.tolist()):
         stats = g.stats
         if hasattr(stats, "H"):  # SparseGPT: H is a running mean over the local tokens
-            local = stats.H.double().mul_(stats.n)
-            world.reduce(local, owner)
-            if world.rank == owner:
-                stats.H.copy_(local.div_(total))
+            _reduce_rows(world, stats.H, owner, float(stats.n), total)
         else:  # Wanda: a sum of squares
-            local = stats.col_sq_norm.double()
-            world.reduce(local, owner)
-            if world.rank == owner:
-                stats.col_sq_norm.copy_(local)
-        del local
+            _reduce_rows(world, stats.col_sq_norm, owner, 1.0, 1.0)
         stats.n = int(total)
         if world.rank != owner:
             g.stats = None  # only the owner solves: free what it will never read
