@@ -46,3 +46,22 @@ def test_hf_token_secret_is_for_hf_models_only():
     assert err.value.problems[0][0] == "spec.model"
     doc["spec"]["model"]["uri"] = "hf://org/name"
     assert parse_prunejob(doc).spec.model.credentials_secret == "hf"
+
+
+def test_groups_that_differ_between_ranks_are_refused(tmp_path):
+    """Rank 1 reports one group fewer than rank 0: both fail with a message, neither hangs."""
+    from multirank.group import run_group
+
+    script = tmp_path / "groups.py"
+    script.write_text(
+        "import torch\n"
+        "from prune_job.pipeline.distributed import check_same_groups, world_from_env\n"
+        "from prune_job.pipeline.statistics import Group\n"
+        "class T:\n    def __init__(self, n): self.name = n\n"
+        "world = world_from_env()\n"
+        "groups = [Group([T('a')]), Group([T('b')])][: 2 - world.rank]\n"
+        "try:\n    check_same_groups(world, groups)\nexcept RuntimeError as err:\n    print('refused', err)\n"
+        "check_same_groups(world, [Group([T('a')])])\n"  # equal groups pass
+        "world.close()\n")
+    outs = run_group(2, [str(script)], timeout=120)
+    assert all("refused" in o.stdout and "different layers" in o.stdout for o in outs)

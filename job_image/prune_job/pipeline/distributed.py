@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -211,6 +212,21 @@ def broadcast_weight(world: World, weight: torch.Tensor, src: int) -> None:
     world.broadcast(flat.view(torch.uint8) if flat.is_contiguous() else flat, src)
 
 
+def check_same_groups(world: World, groups: Sequence[Group]) -> None:
+    """Every rank must hold the same groups in the same order before any collective on them
+    (a mixture-of-experts share may route no token to an expert): fail loudly, never hang."""
+    names = "|".join(",".join(g.names) for g in groups).encode()
+    mine = torch.tensor([len(groups), zlib.crc32(names)], dtype=torch.float64)
+    high, low = mine.clone(), -mine
+    world.all_reduce(high, op="max")
+    world.all_reduce(low, op="max")
+    if not torch.equal(high, -low):
+        raise RuntimeError(
+            f"rank {world.rank}: the ranks' calibration shares reached different layers in this block "
+            f"(this rank: {len(groups)} groups, first {groups[0].names if groups else []}); with a "
+            "mixture of experts every expert must see tokens on every rank: use more samples or fewer ranks")
+
+
 class DistributedMethod(Method):
     """The method's prune over a `World`: reduce statistics to the solver, solve one's
     own groups, receive the others' pruned weights."""
@@ -221,6 +237,7 @@ class DistributedMethod(Method):
 
     def prune_groups(self, groups: list[Group]) -> None:
         world = self.world
+        check_same_groups(world, groups)
         owners = assign_owners(groups, world.size)
         if self.pruning.needs_calibration:
             reduce_stats(world, groups, owners)
