@@ -105,6 +105,13 @@ class ModelSource(ApiModel):
     def _uri(cls, v: str) -> str:
         return _check_uri(v, MODEL_SCHEMES, BUILTIN_MODELS)
 
+    @model_validator(mode="after")
+    def _token_for_hf_only(self) -> "ModelSource":
+        if self.credentials_secret and not self.uri.startswith("hf://"):
+            raise ValueError("credentialsSecret (a Hugging Face token) applies to hf:// models only; "
+                             "s3:// models use output.credentialsSecret's S3 credentials")
+        return self
+
 
 class Targets(ApiModel):
     include: list[str] = Field(default_factory=list, description="regexes over module names; empty: every Linear in the blocks")

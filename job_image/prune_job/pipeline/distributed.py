@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -140,13 +141,16 @@ def world_from_env() -> World:
 
 def first_on_each_node(world: World, fn: Callable[[], T]) -> T:
     """Run `fn` on each node's local rank 0 first, then on the others: downloads into
-    a shared cache (model, calibration text) happen once per node."""
+    a shared cache (model, calibration text) happen once per node. Returns when every
+    rank is done (so that timings after it start together)."""
     if world.local_rank == 0:
         result = fn()
         world.barrier()
-        return result
+    else:
+        world.barrier()
+        result = fn()
     world.barrier()
-    return fn()
+    return result
 
 
 # ---------------------------------------------------------------- statistics and solves
@@ -169,24 +173,34 @@ def assign_owners(groups: Sequence[Group], size: int) -> list[int]:
     return owners
 
 
+REDUCE_CHUNK_BYTES = 256 << 20  # fp64 staging per collective: a 28672² Hessian goes in ~1 GB of fp32 rows
+
+
+def _reduce_rows(world: World, acc: torch.Tensor, owner: int, scale: float, total: float) -> None:
+    """acc (fp32, 1-D or 2-D) := sum over ranks of acc * scale / total, on `owner`, in fp64
+    row chunks (the fp64 copy of a whole Hessian would double its memory)."""
+    rows = acc.view(-1, acc.shape[-1])
+    step = max(1, REDUCE_CHUNK_BYTES // (8 * rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        part = rows[start:start + step]
+        local = part.double().mul_(scale)
+        world.reduce(local, owner)
+        if world.rank == owner:
+            part.copy_(local.div_(total))
+
+
 def reduce_stats(world: World, groups: Sequence[Group], owners: Sequence[int]) -> None:
     """Every group's statistics, summed over all ranks' tokens, on the group's owner (fp64
-    reduction; the owner's accumulator ends in its own fp32)."""
+    reduction; the owner's accumulator ends in its own fp32). With one rank the round trip
+    is exact (x * n / n in fp64 for fp32 x and integer n)."""
     counts = torch.tensor([g.stats.n for g in groups], dtype=torch.float64)
     world.all_reduce(counts)
     for g, owner, total in zip(groups, owners, counts.tolist()):
         stats = g.stats
         if hasattr(stats, "H"):  # SparseGPT: H is a running mean over the local tokens
-            local = stats.H.double().mul_(stats.n)
-            world.reduce(local, owner)
-            if world.rank == owner:
-                stats.H.copy_(local.div_(total))
+            _reduce_rows(world, stats.H, owner, float(stats.n), total)
         else:  # Wanda: a sum of squares
-            local = stats.col_sq_norm.double()
-            world.reduce(local, owner)
-            if world.rank == owner:
-                stats.col_sq_norm.copy_(local)
-        del local
+            _reduce_rows(world, stats.col_sq_norm, owner, 1.0, 1.0)
         stats.n = int(total)
         if world.rank != owner:
             g.stats = None  # only the owner solves: free what it will never read
@@ -196,6 +210,21 @@ def broadcast_weight(world: World, weight: torch.Tensor, src: int) -> None:
     """Send `weight` (a parameter's data, any dtype) from `src` to every rank, in place."""
     flat = weight.detach().view(-1)
     world.broadcast(flat.view(torch.uint8) if flat.is_contiguous() else flat, src)
+
+
+def check_same_groups(world: World, groups: Sequence[Group]) -> None:
+    """Every rank must hold the same groups in the same order before any collective on them
+    (a mixture-of-experts share may route no token to an expert): fail loudly, never hang."""
+    names = "|".join(",".join(g.names) for g in groups).encode()
+    mine = torch.tensor([len(groups), zlib.crc32(names)], dtype=torch.float64)
+    high, low = mine.clone(), -mine
+    world.all_reduce(high, op="max")
+    world.all_reduce(low, op="max")
+    if not torch.equal(high, -low):
+        raise RuntimeError(
+            f"rank {world.rank}: the ranks' calibration shares reached different layers in this block "
+            f"(this rank: {len(groups)} groups, first {groups[0].names if groups else []}); with a "
+            "mixture of experts every expert must see tokens on every rank: use more samples or fewer ranks")
 
 
 class DistributedMethod(Method):
@@ -208,6 +237,7 @@ class DistributedMethod(Method):
 
     def prune_groups(self, groups: list[Group]) -> None:
         world = self.world
+        check_same_groups(world, groups)
         owners = assign_owners(groups, world.size)
         if self.pruning.needs_calibration:
             reduce_stats(world, groups, owners)
