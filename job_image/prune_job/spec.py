@@ -139,6 +139,9 @@ class Pruning(ApiModel):
                                                   "per-block sparsity from outlier ratios, model-wide mean exact")
     owl_m: float = Field(5.0, gt=0.0, le=1000.0, description="OWL: a score is an outlier above owlM times its layer's mean")
     owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: largest deviation of a block from `sparsity`")
+    permute: bool = Field(False, description="N:M: reorder MLP intermediate channels and attention value channels "
+                          "(folded into the producing layers) to raise the score N:M keeps")
+    permute_rounds: int = Field(100, ge=1, le=100000, description="permute: rounds of the greedy swap search")
 
     @field_validator("pattern")
     @classmethod
@@ -195,6 +198,9 @@ def check_recipe(p: "Pruning") -> None:
     if p.refine == "dsnot" and p.method == "sparsegpt" and p.effective_update == "obs":
         raise ValueError("refine: dsnot with method sparsegpt needs update: admm "
                          "(OBS chooses its mask while it updates the weights)")
+    if p.permute and parse_pattern(p.pattern) is None:
+        raise ValueError("permute: true needs an N:M pattern (an unstructured mask does not depend on the order "
+                         "of inputs)")
     if p.allocation == "owl":
         if parse_pattern(p.pattern) is not None:
             raise ValueError("allocation: owl gives blocks different sparsities, which an N:M pattern (fixed at "

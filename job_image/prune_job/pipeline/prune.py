@@ -18,6 +18,7 @@ from prune_job.checkpoint.sparsity import overall_sparsity
 from prune_job.pipeline.allocation import owl_block_sparsities
 from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs
 from prune_job.pipeline.model import ModelHandle, Target, select_targets
+from prune_job.pipeline.permute import ChannelPermuter
 from prune_job.pipeline.statistics import Group, GroupCollector
 from prune_job.spec import LayerSparsity, Pattern, Pruning, SpecError
 
@@ -70,6 +71,7 @@ class Method:
         self.pruning = pruning
         self.sparsity = pruning.sparsity  # this block's (allocation owl: set per block by prune_model)
         self.block_sparsity: Optional[list[float]] = None
+        self.permuter: Optional[ChannelPermuter] = None
 
     def make_stats(self, in_features: int, device: torch.device):
         if not recipe.needs_hessian(self.pruning):
@@ -78,6 +80,8 @@ class Method:
 
     def prune_group(self, group: Group) -> None:
         p = self.pruning
+        if self.permuter is not None:
+            self.permuter.fold(group.members, group.stats)
         factor = recipe.layer_factor(p, group.stats.H) if p.method == "sparsegpt" else None
         for t in group.members:
             try:
@@ -158,6 +162,7 @@ def prune_model(
     """Prune every block in order. `batches` are micro-batches of token ids; the targets must
     have passed `check_targets`."""
     method = Method(pruning)
+    method.permuter = ChannelPermuter(handle, pruning) if pruning.permute else None
     result = PruneResult()
     inputs: list[MicroBatch] = []
     if pruning.needs_calibration:
