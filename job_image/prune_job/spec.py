@@ -170,6 +170,17 @@ class Pruning(ApiModel):
         return self.update or ("obs" if self.method == "sparsegpt" else "none")
 
     @property
+    def recipe_name(self) -> str:
+        """The recipe in one word, e.g. "wanda+ria+dsnot+admm+owl" (results.json's `recipe`)."""
+        parts = [self.method]
+        parts += ["ria"] if self.score == "ria" else []
+        parts += ["permute"] if self.permute else []
+        parts += ["dsnot"] if self.refine == "dsnot" else []
+        parts += ["admm"] if self.effective_update == "admm" else []
+        parts += ["owl"] if self.allocation == "owl" else []
+        return "+".join(parts)
+
+    @property
     def needs_calibration(self) -> bool:
         """Whether pruning reads calibration activations (magnitude and sparsity 0 do not)."""
         return self.method != "magnitude" and self.sparsity > 0
@@ -472,6 +483,7 @@ class ResultsDetail(Results):
     `summary()` is exactly what goes to `status.results`."""
 
     method: Optional[str] = None
+    recipe: Optional[str] = Field(None, description="method and its options, e.g. wanda+ria+dsnot+admm+owl")
     pattern: Optional[str] = None
     target_sparsity: Optional[float] = None
     device: Optional[str] = None
