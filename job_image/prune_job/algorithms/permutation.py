@@ -16,6 +16,7 @@ import torch
 from prune_job.spec import Pattern
 
 PERMUTE_ROUNDS = 100
+STALE_ROUNDS = 8
 
 
 def kept_score(S: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -37,10 +38,13 @@ def search_permutation(S: torch.Tensor, pattern: Pattern, rounds: int = PERMUTE_
         return perm
     S = S.float()
     g = torch.Generator().manual_seed(seed)
+    idle = 0
     for _ in range(rounds):
         order = torch.randperm(groups, generator=g).to(S.device)
         a, b = order[: groups // 2 * 2].view(-1, 2).unbind(1)
-        _round(S, perm, a, b, pattern, chunk_elements)
+        idle = 0 if _round(S, perm, a, b, pattern, chunk_elements) else idle + 1
+        if idle >= STALE_ROUNDS:  # several random pairings in a row found no improving swap
+            break
     return perm
 
 
