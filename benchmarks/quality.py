@@ -45,6 +45,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "ria+owl": dict(method="wanda", score="ria", allocation="owl"),
     "ria+owl+admm": dict(method="wanda", score="ria", allocation="owl", update="admm"),
     "sparsegpt+owl": dict(method="sparsegpt", allocation="owl"),
+    "wanda+permute": dict(method="wanda", permute=True),
+    "sparsegpt+permute": dict(method="sparsegpt", permute=True),
+    "sparsegpt+permute+admm": dict(method="sparsegpt", permute=True, update="admm"),
+    "ria+permute+dsnot+admm": dict(method="wanda", score="ria", permute=True, refine="dsnot", update="admm"),
 }
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 TARGET_LOWER = {"unstructured": 5.0, "2:4": 12.0, "4:8": 12.0}  # % lower ppl than the better of wanda/sparsegpt

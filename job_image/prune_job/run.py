@@ -192,6 +192,7 @@ def assemble_results(job: PruneJob, prepared: Prepared, pruned: PruneResult, wri
     detail = ResultsDetail(
         sparsity=pruned.sparsity,
         method=spec.pruning.method,
+        recipe=spec.pruning.recipe_name,
         pattern=spec.pruning.pattern,
         target_sparsity=spec.pruning.sparsity,
         device=str(prepared.handle.device),

@@ -150,6 +150,9 @@ class Pruning(ApiModel):
                                                   "per-block sparsity from outlier ratios, model-wide mean exact")
     owl_m: float = Field(5.0, gt=0.0, le=1000.0, description="OWL: a score is an outlier above owlM times its layer's mean")
     owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: largest deviation of a block from `sparsity`")
+    permute: bool = Field(False, description="N:M: reorder MLP intermediate channels and attention value channels "
+                          "(folded into the producing layers) to raise the score N:M keeps")
+    permute_rounds: int = Field(100, ge=1, le=100000, description="permute: rounds of the greedy swap search")
 
     @field_validator("pattern")
     @classmethod
@@ -176,6 +179,17 @@ class Pruning(ApiModel):
     def effective_update(self) -> str:
         """`update`, or the method's own default: obs for sparsegpt, none otherwise."""
         return self.update or ("obs" if self.method == "sparsegpt" else "none")
+
+    @property
+    def recipe_name(self) -> str:
+        """The recipe in one word, e.g. "wanda+ria+dsnot+admm+owl" (results.json's `recipe`)."""
+        parts = [self.method]
+        parts += ["ria"] if self.score == "ria" else []
+        parts += ["permute"] if self.permute else []
+        parts += ["dsnot"] if self.refine == "dsnot" else []
+        parts += ["admm"] if self.effective_update == "admm" else []
+        parts += ["owl"] if self.allocation == "owl" else []
+        return "+".join(parts)
 
     @property
     def needs_calibration(self) -> bool:
@@ -206,6 +220,9 @@ def check_recipe(p: "Pruning") -> None:
     if p.refine == "dsnot" and p.method == "sparsegpt" and p.effective_update == "obs":
         raise ValueError("refine: dsnot with method sparsegpt needs update: admm "
                          "(OBS chooses its mask while it updates the weights)")
+    if p.permute and parse_pattern(p.pattern) is None:
+        raise ValueError("permute: true needs an N:M pattern (an unstructured mask does not depend on the order "
+                         "of inputs)")
     if p.allocation == "owl":
         if parse_pattern(p.pattern) is not None:
             raise ValueError("allocation: owl gives blocks different sparsities, which an N:M pattern (fixed at "
@@ -598,6 +615,7 @@ class ResultsDetail(Results):
     `summary()` is exactly what goes to `status.results`."""
 
     method: Optional[str] = None
+    recipe: Optional[str] = Field(None, description="method and its options, e.g. wanda+ria+dsnot+admm+owl")
     pattern: Optional[str] = None
     target_sparsity: Optional[float] = None
     device: Optional[str] = None

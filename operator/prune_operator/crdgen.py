@@ -294,6 +294,11 @@ RECIPE_RULES = [
         "fieldPath": ".allocation",
     },
     {
+        "rule": "!has(self.permute) || !self.permute || (has(self.pattern) && self.pattern != 'unstructured')",
+        "message": "permute: true needs an N:M pattern (an unstructured mask does not depend on the order of inputs)",
+        "fieldPath": ".permute",
+    },
+    {
         "rule": f"!{_OWL} || ({_LAMBDA} <= {_SPARSITY} && {_LAMBDA} < 1.0 - {_SPARSITY})",
         "message": "owlLambda must be at most sparsity and below 1 - sparsity",
         "fieldPath": ".owlLambda",

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from prune_job.algorithms.admm import admm_update
+from prune_job.algorithms.sparsegpt import FactorizationError
 from prune_job.algorithms.dsnot import dsnot_refine, reconstruction_error
 from prune_job.algorithms.masks import select_mask
 from prune_job.algorithms.owl import OutlierCount, owl_sparsities
@@ -103,3 +104,10 @@ def test_outlier_ratio_counts_above_m_times_mean():
     count = OutlierCount(m=5.0)
     count.add(W, torch.ones(10))
     assert count.ratio == pytest.approx(1 / 20)
+
+
+def test_admm_refuses_non_finite_statistics():
+    W, X, H = problem()
+    H[2, 3] = float("nan")
+    with pytest.raises(FactorizationError, match="dampening"):
+        admm_update(W, W != 0, H)

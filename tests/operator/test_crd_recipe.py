@@ -12,7 +12,7 @@ from test_crd import k8s_split
 
 COMBINATIONS = list(itertools.product(
     ["magnitude", "wanda", "sparsegpt"], ["wanda", "ria"], [None, "none", "obs", "admm"], ["none", "dsnot"],
-    ["uniform", "owl"], ["unstructured", "2:4"],
+    ["uniform", "owl"], ["unstructured", "2:4"], [False, True],
 ))
 
 
@@ -28,10 +28,10 @@ def refusals(programs, pruning: dict) -> list[str]:
     return [message for message, program in programs if not bool(program.evaluate(activation))]
 
 
-@pytest.mark.parametrize("method,score,update,refine,allocation,pattern", COMBINATIONS)
-def test_cel_and_model_agree(recipe_programs, method, score, update, refine, allocation, pattern):
+@pytest.mark.parametrize("method,score,update,refine,allocation,pattern,permute", COMBINATIONS)
+def test_cel_and_model_agree(recipe_programs, method, score, update, refine, allocation, pattern, permute):
     pruning = {"method": method, "score": score, "refine": refine, "allocation": allocation, "pattern": pattern,
-               "sparsity": 0.5}
+               "sparsity": 0.5, "permute": permute}
     if update is not None:
         pruning["update"] = update
     try:

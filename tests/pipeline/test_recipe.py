@@ -136,3 +136,10 @@ def test_contradictory_recipes_are_refused_naming_the_field(pruning, field):
     with pytest.raises(SpecError) as err:
         parse_prunejob(doc)
     assert "spec.pruning" in str(err.value) and field in str(err.value)
+
+
+def test_recipe_name():
+    assert Pruning(method="sparsegpt").recipe_name == "sparsegpt"
+    assert Pruning(method="wanda", score="ria", refine="dsnot", update="admm", allocation="owl").recipe_name == \
+        "wanda+ria+dsnot+admm+owl"
+    assert Pruning(method="sparsegpt", pattern="2:4", permute=True, update="admm").recipe_name == "sparsegpt+permute+admm"

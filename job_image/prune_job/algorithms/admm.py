@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from prune_job.algorithms.sparsegpt import FactorizationError
+
 ADMM_ITERATIONS = 20
 CG_ITERATIONS = 10
 RHO_START, RHO_END = 0.1, 10.0
@@ -47,12 +49,19 @@ def admm_update(
     if iterations > 0:
         Z = _admm(B, Hn, Z, mask, iterations)
     Z = _conjugate_gradient(B, Hn, Z, mask, cg_iterations)
+    if not bool(torch.isfinite(Z).all()):
+        raise FactorizationError("the ADMM update is not finite (NaN or infinite activations or weights?); "
+                                 "raise spec.pruning.dampening or check the calibration data")
     return (Z / D).to(W.dtype)
 
 
 def _admm(B: torch.Tensor, Hn: torch.Tensor, Z: torch.Tensor, mask: torch.Tensor, iterations: int) -> torch.Tensor:
     """Scaled ADMM: V = (Hn + rho I)^-1 (B + rho (Z - U)); Z = mask * (V + U); U += V - Z."""
-    evals, Q = torch.linalg.eigh(Hn)
+    try:
+        evals, Q = torch.linalg.eigh(Hn)
+    except torch.linalg.LinAlgError as err:
+        raise FactorizationError(f"the ADMM eigendecomposition failed ({err}); raise spec.pruning.dampening "
+                                 "or check the calibration data") from None
     U = torch.zeros_like(Z)
     ratio = (RHO_END / RHO_START) ** (1.0 / max(1, iterations - 1))
     rho = RHO_START

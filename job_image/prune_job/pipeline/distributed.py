@@ -234,6 +234,8 @@ class DistributedMethod(Method):
     def __init__(self, pruning, world: World):
         super().__init__(pruning)
         self.world = world
+        if world.size > 1:
+            refuse_rank_local_options(pruning)
 
     def prune_groups(self, groups: list[Group]) -> None:
         world = self.world
@@ -248,6 +250,20 @@ class DistributedMethod(Method):
             g.stats = None
             for t in g.members:
                 broadcast_weight(world, t.module.weight.data, owner)
+
+
+def refuse_rank_local_options(pruning) -> None:
+    """Options whose decisions still come from one rank's statistics: refused with several ranks
+    until they are reduced like the statistics are (OWL's outlier ratios, the permutation's producers)."""
+    from prune_job.spec import SpecError
+
+    problems = []
+    if pruning.allocation == "owl":
+        problems.append(("spec.pruning.allocation", "owl is not supported with several ranks yet; use uniform"))
+    if pruning.permute:
+        problems.append(("spec.pruning.permute", "not supported with several ranks yet"))
+    if problems:
+        raise SpecError(problems)
 
 
 # ---------------------------------------------------------------- one PruneJob over a World (prune_job.run)

@@ -18,6 +18,7 @@ from prune_job.checkpoint.sparsity import overall_sparsity
 from prune_job.pipeline.allocation import owl_block_sparsities
 from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs
 from prune_job.pipeline.model import ModelHandle, Target, select_targets
+from prune_job.pipeline.permute import ChannelPermuter
 from prune_job.pipeline.statistics import Group, GroupCollector
 from prune_job.spec import LayerSparsity, Pattern, Pruning, SpecError
 
@@ -82,6 +83,7 @@ class Method:
         self.pruning = pruning
         self.sparsity = pruning.sparsity  # this block's (allocation owl: set per block by prune_model)
         self.block_sparsity: Optional[list[float]] = None
+        self.permuter: Optional[ChannelPermuter] = None
 
     def make_stats(self, in_features: int, device: torch.device):
         if not recipe.needs_hessian(self.pruning):
@@ -90,6 +92,8 @@ class Method:
 
     def prune_group(self, group: Group) -> None:
         p = self.pruning
+        if self.permuter is not None:
+            self.permuter.fold(group.members, group.stats)
         factor = recipe.layer_factor(p, group.stats.H) if p.method == "sparsegpt" else None
         for t in group.members:
             try:
@@ -177,6 +181,7 @@ def prune_model(
     how groups are pruned (default: in this process); no `sink`: nothing is written (a rank
     other than the writer)."""
     method = method or Method(pruning)
+    method.permuter = ChannelPermuter(handle, pruning) if pruning.permute else None
     result = PruneResult(journal.layers if journal is not None else [])
     start_block = journal.start_block if journal is not None else start_block
     inputs: list[MicroBatch] = []
