@@ -207,3 +207,8 @@ def test_a_foreign_non_empty_output_folder_is_refused_unless_overwrite(tmp_path,
     # a previous run (manifest.json present) is not refused
     code, text = run_cli(capsys, "validate", str(write_job(tmp_path, model)))
     assert code == 0, text
+    # nor one that crashed before its manifest (the writer removes the old one first)
+    (out / "manifest.json").unlink()
+    (out / "model-00001.safetensors.data").write_bytes(b"partial")
+    code, text = run_cli(capsys, "validate", str(write_job(tmp_path, model)))
+    assert code == 0, text
