@@ -124,6 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except MemoryError as err:
         raise CliError(f"out of memory ({err}); use fewer calibration samples or a shorter sequenceLength, "
                        "or give the pod more memory (spec.resources.memory)") from None
+    except torch.cuda.OutOfMemoryError as err:  # the device's memory, not the host's
+        raise CliError(f"out of GPU memory ({str(err).splitlines()[0]}); use fewer calibration samples or a "
+                       "shorter sequenceLength, or a GPU with more memory") from None
     finally:
         world.close()
     if detail is None:

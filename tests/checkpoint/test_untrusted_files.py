@@ -95,6 +95,20 @@ def test_manifest_entry_without_sha256_is_a_clean_refusal(compressed):
         CompressedReader(compressed)
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(formatVersion="2"), "formatVersion '2' is not a whole number"),
+    (lambda d: d.update(files={"a": 1}), "has no list of files"),
+    (lambda d: d["files"].append("x"), r"files\[\d+\] is not"),
+    (lambda d: d["files"][0].update(size="big"), r"files\[0\] is not"),
+])
+def test_malformed_manifests_are_clean_refusals(compressed, edit, message):
+    doc = json.loads((compressed / "manifest.json").read_text())
+    edit(doc)
+    (compressed / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(compressed)
+
+
 def test_a_stale_shard_beside_a_dense_checkpoint_is_refused(tiny_model_factory, tmp_path):
     src = tiny_model_factory("llama", layers=1, hidden=32)
     write_model(src, tmp_path / "ckpt", "dense")

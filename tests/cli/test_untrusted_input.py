@@ -207,3 +207,49 @@ def test_a_foreign_non_empty_output_folder_is_refused_unless_overwrite(tmp_path,
     # a previous run (manifest.json present) is not refused
     code, text = run_cli(capsys, "validate", str(write_job(tmp_path, model)))
     assert code == 0, text
+    # nor one that crashed before its manifest (the writer removes the old one first)
+    (out / "manifest.json").unlink()
+    (out / "model-00001.safetensors.data").write_bytes(b"partial")
+    code, text = run_cli(capsys, "validate", str(write_job(tmp_path, model)))
+    assert code == 0, text
+
+
+def test_a_malformed_source_header_is_one_line_in_run(tmp_path, capsys, tiny_model_factory):
+    import struct
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_factory("llama", layers=1, hidden=32), model)
+    shard = next(model.glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[:8] = struct.pack("<Q", 10**12)
+    shard.write_bytes(bytes(data))
+    code, text = run_cli(capsys, "run", str(write_job(tmp_path, model)), "--no-progress")
+    assert code == 1 and f"{shard.name}: header length 1000000000000 does not fit" in text
+    assert "phase: Failed" in text
+    assert_clean(text)
+
+
+def test_out_of_memory_is_said_only_for_memory_and_bugs_keep_a_redacted_traceback(tmp_path, capsys, monkeypatch,
+                                                                                     tiny_model_factory):
+    import torch
+
+    import prune_job.run
+
+    model = tiny_model_factory("llama", layers=1, hidden=32)
+    spec = str(write_job(tmp_path, model))
+
+    def oom(*_, **__):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(prune_job.run, "run_job", oom)
+    code, text = run_cli(capsys, "run", spec, "--no-progress")
+    assert code == 1 and "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in text
+    assert_clean(text)
+
+    def bug(*_, **__):
+        raise KeyError(f"s3://AKIA:{SECRET}@bucket/x")
+
+    monkeypatch.setattr(prune_job.run, "run_job", bug)
+    code, text = run_cli(capsys, "run", spec, "--no-progress")
+    assert code == 1 and "internal error (KeyError" in text and "out of memory" not in text
+    assert "Traceback" in text and SECRET not in text  # a bug keeps its traceback, never a credential

@@ -140,3 +140,26 @@ def test_credentials_in_a_termination_message_never_reach_status_or_events(opera
     assert "s3://***@models/x/" in failed["message"] and SECRET not in str(status_of(kube, namespace, "leaky"))
     wait_for(lambda: any(e["type"] == "Warning" for e in events(kube, namespace)), what="the Warning Event")
     assert SECRET not in str(events(kube, namespace))
+
+
+def test_a_schedule_leaves_a_foreign_same_named_prunejob_alone_and_says_so(caplog):
+    import logging
+
+    from prune_operator.schedule import handlers as schedule_handlers
+
+    class Stub:
+        def __init__(self, existing):
+            self.existing, self.patched = existing, []
+
+        def get_or_none(self, path):
+            return self.existing
+
+        def merge_patch(self, path, patch):
+            self.patched.append(path)
+
+    schedule = {"metadata": {"name": "nightly", "namespace": "ns", "uid": "s1"}}
+    stub = Stub({"metadata": {"name": "nightly-1", "labels": {}, "ownerReferences": []}})
+    log = logging.getLogger("schedule-test")
+    with caplog.at_level(logging.WARNING, logger="schedule-test"):
+        schedule_handlers.warn_if_foreign(stub, schedule, "nightly-1", log)
+    assert "PruneJob ns/nightly-1 exists and is not this schedule's" in caplog.text and stub.patched == []

@@ -48,12 +48,14 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointError(in_progress_message(Path(directory))
                               or f"{directory}: no {MANIFEST}; the checkpoint is incomplete (the manifest is written last)")
     try:
-        doc = json.loads(path.read_text())
-    except ValueError as e:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError included
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         raise CheckpointError(f"{path}: has no list of files")
     version = doc.get("formatVersion", FORMAT_VERSION)
+    if type(version) is not int:
+        raise CheckpointError(f"{path}: formatVersion {version!r} is not a whole number")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {version} is newer than this reader ({FORMAT_VERSION})")
     return doc

@@ -2,12 +2,14 @@
 or lie inside the model folder, and may not be or contain the folder of a local calibration or
 evaluation file (a folder beside the data, such as `data/out` for `data/cal.jsonl`, is fine: the
 writer never leaves its folder, so it cannot reach the file); and a
-non-empty folder that holds no previous run of this tool (no manifest.json, no journal.json) is
+non-empty folder that holds no previous run of this tool (no manifest.json, no journal.json, no
+shard named as the checkpoint writer names them) is
 refused, or cleared when `spec.output.overwrite: true`. So a stale `model.safetensors` never sits
 beside a new checkpoint, and a run never writes into its own inputs. No torch.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -41,8 +43,15 @@ def _inputs(job: PruneJob, model_dir: Optional[Path]) -> list[tuple[str, Path, b
     return found
 
 
+# Shards as the checkpoint writer names them, final or provisional: a run that crashed before its
+# manifest (the writer removes an old manifest first) is still a run of prune-job.
+WRITER_SHARD = re.compile(r"^model-[0-9]{5}(-of-[0-9]{5})?[.]safetensors([.]data|[.]tmp)?$")
+
+
 def is_previous_run(folder: Path) -> bool:
-    return any((folder / marker).exists() for marker in RUN_MARKERS)
+    """The folder holds a run of prune-job: its manifest, its journal, or the writer's shards."""
+    return any((folder / marker).exists() for marker in RUN_MARKERS) or any(
+        WRITER_SHARD.match(p.name) for p in folder.iterdir())
 
 
 def output_problems(job: PruneJob, model_dir: Optional[Path] = None) -> Problems:

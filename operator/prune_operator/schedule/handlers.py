@@ -131,9 +131,20 @@ def sync_once(kube: Kube, schedule: dict[str, Any], at: datetime, logger: Any) -
     if decided.create is not None:
         fresh = kube.create(plan.prunejob_for_run(schedule, decided.create))
         logger.info(f"PruneJob {decided.create.name}: {'created' if fresh else 'existed already'}")
+        if not fresh:
+            warn_if_foreign(kube, schedule, decided.create.name, logger)
     write_status(kube, schedule, decided.status)
     conditions.post_events(kube, api.SCHEDULE_KIND, schedule, decided.events, at)
     return decided
+
+
+def warn_if_foreign(kube: Kube, schedule: dict[str, Any], name: str, logger: Any) -> None:
+    """A same-named PruneJob that is not this schedule's is left alone (never adopted); say so."""
+    meta = schedule["metadata"]
+    existing = kube.get_or_none(object_path(api.API_VERSION, api.PLURAL, meta["namespace"], name))
+    if existing is not None and not plan.owned_by(existing, meta.get("uid"), meta["name"]):
+        logger.warning(f"PruneJob {meta['namespace']}/{name} exists and is not this schedule's; "
+                       "it is left untouched and this run is not started")
 
 
 def sync_logged(memo: Any, namespace: str, name: str, logger: Any) -> None:
