@@ -224,12 +224,24 @@ class Gate(ApiModel):
     min_sparsity: Optional[float] = Field(None, ge=0.0, le=1.0, description="smallest acceptable measured sparsity")
 
 
+class DenseBaseline(ApiModel):
+    """Dense figures measured once and shared (a PruneSweep's children): the dense perplexity on
+    the same windows is not measured again. Speed is always measured beside each sparse model."""
+
+    perplexity: float = Field(gt=0.0, description="dense perplexity on this spec's evaluation windows")
+    nll: Optional[float] = Field(None, description="its mean negative log-likelihood per token")
+    source: str = Field(description="who measured it (the PruneJob or run)")
+
+
 class Evaluation(ApiModel):
     enabled: bool = True
     perplexity: PerplexityEval = Field(default_factory=PerplexityEval)
     generation: GenerationEval = Field(default_factory=GenerationEval)
     gpu_hourly_cost: Optional[float] = Field(None, ge=0.0, description="USD per GPU hour; gives cost per million tokens")
     gate: Optional[Gate] = Field(None, description="quality limits; sets the condition QualityMet after evaluation")
+    dense_baseline: Optional[DenseBaseline] = Field(
+        None, description="dense figures measured once for a sweep (set by the sweep controller or runner)"
+    )
 
 
 class Toleration(ApiModel):
@@ -308,6 +320,7 @@ class DenseSparse(ApiModel):
 
 class PerplexityResult(DenseSparse):
     increase_percent: Optional[float] = None
+    dense_source: Optional[str] = Field(None, description="where the dense figure came from when shared (a sweep)")
 
 
 class GenerationFigures(ApiModel):

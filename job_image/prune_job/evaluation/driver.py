@@ -115,18 +115,25 @@ def eval_windows(job: PruneJob, models: Models, tokenizer: Any, fetch) -> list[t
 def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, job: PruneJob, progress) -> None:
     """Dense and sparse perplexity on the same windows with the block-streaming forward."""
     batches = micro_batches(windows, micro_batch_tokens(models.device))  # the same for dense and sparse
+    shared = job.spec.evaluation.dense_baseline  # a sweep's dense figure, measured once on the same windows
+    variants = ("sparse",) if shared else ("dense", "sparse")
     figures = {}
-    for k, variant in enumerate(("dense", "sparse")):
+    for k, variant in enumerate(variants):
         handle = models.handle(sparse=variant == "sparse")
-        on_block = _block_counter(progress, k * handle.num_blocks, 2 * handle.num_blocks)
+        on_block = _block_counter(progress, k * handle.num_blocks, len(variants) * handle.num_blocks)
         figures[variant] = Perplexity(*streamed_nll(handle, batches, on_block))
         del handle
-    dense, sparse = figures["dense"].value, figures["sparse"].value
-    result.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse))
+    dense = shared.perplexity if shared else figures["dense"].value
+    sparse = figures["sparse"].value
+    result.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse),
+                                         dense_source=f"shared: {shared.source}" if shared else None)
+    if shared:
+        result.notes.append(f"dense perplexity not measured again: shared from {shared.source} (same windows)")
     result.perplexity_detail = PerplexityDetail(
         source=job.spec.evaluation.perplexity.uri, windows=len(windows),
-        sequence_length=job.spec.evaluation.perplexity.sequence_length, tokens=figures["dense"].tokens,
-        dense_nll=figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll, method="streamed",
+        sequence_length=job.spec.evaluation.perplexity.sequence_length, tokens=figures["sparse"].tokens,
+        dense_nll=shared.nll if shared else figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll,
+        method="streamed",
     )
 
 
