@@ -76,6 +76,8 @@ def _convert(node: Mapping[str, Any], definitions: Mapping[str, Any]) -> dict[st
                 out["x-kubernetes-preserve-unknown-fields"] = True
             elif isinstance(value, Mapping):
                 out[key] = _convert(value, definitions)
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(value, bool):
+            out[key] = value  # already converted (an Optional model's branch is converted, then merged)
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"
             out[bound], out[key] = value, True
