@@ -1,4 +1,5 @@
-"""`prune-job`: validate or run one PruneJob document on this machine (or in its pod)."""
+"""`prune-job`: validate or run one PruneJob document on this machine (or in its pod);
+`prune-job sweep` runs a PruneSweep here (prune_job.sweep.cli)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,8 @@ class CliError(Exception):
     """A failure the user can act on: printed as one message, no traceback."""
 
 
-def load_document(path: str) -> dict[str, Any]:
+def load_document(path: str, kinds: tuple[str, ...] = ("PruneJob",)) -> dict[str, Any]:
+    """The one document of one of `kinds` in a YAML file (a document without `kind` is a PruneJob)."""
     file = Path(path)
     if not file.is_file():
         raise CliError(f"{path}: no such file")
@@ -28,9 +30,9 @@ def load_document(path: str) -> dict[str, Any]:
         docs = [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if d is not None]
     except yaml.YAMLError as err:
         raise CliError(f"{path}: not valid YAML: {err}") from None
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", "PruneJob") == "PruneJob"]
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", "PruneJob") in kinds]
     if len(jobs) != 1:
-        raise CliError(f"{path}: expected exactly one PruneJob document, found {len(jobs)}")
+        raise CliError(f"{path}: expected exactly one {' or '.join(kinds)} document, found {len(jobs)}")
     return jobs[0]
 
 
@@ -46,6 +48,11 @@ def parse_file(path: str, check_machine: bool = True) -> PruneJob:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if load_document(args.spec, ("PruneJob", "PruneSweep")).get("kind") == "PruneSweep":
+        from prune_job.sweep.cli import validate_sweep
+
+        args.kind = "PruneSweep"
+        return validate_sweep(args.spec)
     job = parse_file(args.spec)
     print(f"{args.spec}: valid PruneJob {job.metadata.name!r} "
           f"({job.spec.pruning.method}, {job.spec.pruning.pattern}, sparsity {job.spec.pruning.sparsity:g})")
@@ -129,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-job", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check a PruneJob document and name every bad field")
-    v.add_argument("spec", help="PruneJob YAML (as applied with kubectl)")
+    v = sub.add_parser("validate", help="check a PruneJob or PruneSweep document and name every bad field")
+    v.add_argument("spec", help="PruneJob or PruneSweep YAML (as applied with kubectl)")
     v.set_defaults(func=cmd_validate)
     r = sub.add_parser("run", help="run a PruneJob on this machine and print the status it would post")
     r.add_argument("spec", help="PruneJob YAML (as applied with kubectl)")
@@ -139,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also patch the PruneJob's status through the in-cluster API")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+    from prune_job.sweep.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -149,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except SpecError as err:
-        print(f"error: invalid PruneJob {args.spec}:", file=sys.stderr)
+        print(f"error: invalid {getattr(args, 'kind', 'PruneJob')} {args.spec}:", file=sys.stderr)
         for path, reason in err.problems:
             print(f"  {path or '(document)'}: {reason}", file=sys.stderr)
         if args.command == "run":

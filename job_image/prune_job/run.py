@@ -52,9 +52,11 @@ class Prepared:
     windows: list[torch.Tensor]
 
 
-def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
+def prepare(job: PruneJob, fetch: Any = None, cache: Optional[dict] = None) -> Prepared:
+    """`cache` (a sweep's, shared by its runs) keeps the resolved model and the calibration windows."""
     spec = job.spec
-    model_dir = resolve_model(spec.model)
+    cache = {} if cache is None else cache
+    model_dir = _cached(cache, ("model", spec.model.model_dump_json()), lambda: resolve_model(spec.model))
     handle = open_model(
         model_dir, spec.model.dtype, default_device(), spec.model.allow_pickle,
         spec.model.trust_remote_code, spec.model.blocks,
@@ -64,10 +66,16 @@ def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
     windows: list[torch.Tensor] = []
     if spec.pruning.needs_calibration:
         cal = spec.calibration
-        source = read_source(cal.uri, "spec.calibration.uri", fetch)
-        windows = token_windows(source, tokenizer, cal.samples, cal.sequence_length, cal.seed,
-                                "spec.calibration.uri", vocab_size=_vocab_size(handle))
+        windows = _cached(cache, ("calibration", str(model_dir), cal.model_dump_json()), lambda: token_windows(
+            read_source(cal.uri, "spec.calibration.uri", fetch), tokenizer, cal.samples, cal.sequence_length,
+            cal.seed, "spec.calibration.uri", vocab_size=_vocab_size(handle)))
     return Prepared(model_dir, handle, tokenizer, windows)
+
+
+def _cached(cache: dict, key: tuple, make: Any) -> Any:
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def _vocab_size(handle: ModelHandle) -> Optional[int]:
@@ -79,8 +87,10 @@ def _fetch(uri: str) -> Path:
     return storage.fetch_data(uri, cache_root() / "s3")
 
 
-def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = None, show_bar: bool = True) -> ResultsDetail:
-    """Run a PruneJob; return results.json's model (also written beside the checkpoint)."""
+def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = None, show_bar: bool = True,
+            cache: Optional[dict] = None) -> ResultsDetail:
+    """Run a PruneJob; return results.json's model (also written beside the checkpoint).
+    `cache`: what runs of one sweep share (prepare)."""
     spec = job.spec
     reporter = reporter or NullReporter()
     progress = RunProgress(reporter, show_bar)
@@ -88,7 +98,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     torch.manual_seed(spec.calibration.seed)
 
     progress.stage("resolving")
-    prepared = prepare(job, _fetch)
+    prepared = prepare(job, _fetch, cache)
     handle = prepared.handle
     out_dir = output_dir(spec.output.uri, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
