@@ -8,7 +8,7 @@ does). Imports no torch: the controller uses it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from prune_job.spec import Gate, Results
 
@@ -28,39 +28,27 @@ def _figures(results: Any) -> tuple[Optional[float], Optional[float]]:
     return r.perplexity.increase_percent, r.sparsity
 
 
+def _check(what: str, value: Optional[float], limit: float, upper: bool, shown: str, unit: str = "") -> tuple[bool, str, float]:
+    """(met, the figure against the limit, how far off relative to the limit) for one limit."""
+    if value is None:
+        return False, f"{what} not measured ({'limit' if upper else 'minimum'} {limit:g}{unit})", 1e6
+    ok = value <= limit + 1e-9 if upper else value >= limit - 1e-9
+    sign = ("<=" if ok else ">") if upper else (">=" if ok else "<")
+    excess = max(0.0, value - limit if upper else limit - value) / max(abs(limit), 1.0 if upper else 1e-3)
+    return ok, f"{shown} {sign} {limit:g}{unit}", excess
+
+
 def judge(limits: Optional[Gate], results: Any) -> Optional[Verdict]:
     """None when there are no limits; else whether `results` meet each limit set, with the figures."""
     if limits is None or (limits.max_perplexity_increase_percent is None and limits.min_sparsity is None):
         return None
     increase, sparsity = _figures(results)
-    checks, shortfall = [], 0.0
+    checks = []
     if limits.max_perplexity_increase_percent is not None:
-        limit = limits.max_perplexity_increase_percent
-        if increase is None:
-            checks.append((False, f"perplexity increase not measured (limit {limit:g}%)"))
-            shortfall += 1e6
-        else:
-            ok = increase <= limit
-            checks.append((ok, f"perplexity +{increase:.2f}% {'<=' if ok else '>'} {limit:g}%"))
-            shortfall += max(0.0, increase - limit) / max(limit, 1.0)
+        checks.append(_check("perplexity increase", increase, limits.max_perplexity_increase_percent, True,
+                             f"perplexity {increase:+.2f}%" if increase is not None else "", "%"))
     if limits.min_sparsity is not None:
-        floor = limits.min_sparsity
-        if sparsity is None:
-            checks.append((False, f"sparsity not measured (minimum {floor:g})"))
-            shortfall += 1e6
-        else:
-            ok = sparsity >= floor - 1e-9
-            checks.append((ok, f"sparsity {sparsity:.4f} {'>=' if ok else '<'} {floor:g}"))
-            shortfall += max(0.0, floor - sparsity) / max(floor, 1e-3)
-    met = all(ok for ok, _ in checks)
-    return Verdict(met, "; ".join(text for _, text in checks), 0.0 if met else shortfall)
-
-
-def gate_of(spec_evaluation: Any) -> Optional[Gate]:
-    """The gate of a PruneJob spec's evaluation (None when absent)."""
-    return getattr(spec_evaluation, "gate", None)
-
-
-def as_results(stored: Optional[Mapping[str, Any]]) -> Optional[Results]:
-    """status.results as stored (fields this model does not know are kept)."""
-    return None if not stored else Results.model_validate(dict(stored))
+        checks.append(_check("sparsity", sparsity, limits.min_sparsity, False,
+                             f"sparsity {sparsity:.4f}" if sparsity is not None else ""))
+    met = all(ok for ok, _, _ in checks)
+    return Verdict(met, "; ".join(text for _, text, _ in checks), 0.0 if met else sum(off for _, _, off in checks))

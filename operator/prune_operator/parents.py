@@ -116,3 +116,40 @@ def sync_fresh(kube: Kube, path: str, locks: KeyedLocks, key: Key, once: Callabl
                 if err.status != 409:
                     raise
         raise kopf.TemporaryError(f"{path} kept changing while its status was written", delay=1)
+
+
+SyncLogged = Callable[[Any, str, str, Any], None]  # (memo, namespace, name, logger); never raises
+
+
+def sync_logged(kind: str, sync: Callable[[Kube, str, str, Any], Any], interval: Callable[[Any], float]) -> SyncLogged:
+    """A sync for event handlers, which Kopf does not retry: log trouble, and let the resync try again."""
+    def run(memo: Any, namespace: str, name: str, logger: Any) -> None:
+        try:
+            sync(memo.kube, namespace, name, logger)
+        except api.SpecError as err:
+            logger.warning(f"{kind} {namespace}/{name} refused: {err}")
+        except (ApiError, kopf.TemporaryError) as err:
+            logger.warning(f"{kind} {namespace}/{name}: {err}; retrying within {interval(memo.config):g}s")
+    return run
+
+
+def register_parent(registry: kopf.OperatorRegistry, *, kind: str, plural: str, label: str, index: str,
+                    index_fn: Callable[..., Any], sync: SyncLogged, resync: Any) -> None:
+    """The handlers of a controller that owns PruneJobs: `index` (every parent, as watched), an event
+    of the parent syncs it, an event of a PruneJob carrying `label` syncs its parent, and the resync."""
+    def parent_event(body: Any, memo: Any, logger: Any, type: Optional[str] = None, **_: Any) -> None:
+        if type != "DELETED":
+            sync(memo, body["metadata"]["namespace"], body["metadata"]["name"], logger)
+
+    def child_event(body: Any, memo: Any, logger: Any, **kwargs: Any) -> None:
+        meta = body.get("metadata") or {}
+        parent = (meta.get("labels") or {}).get(label)
+        if parent and (meta.get("namespace", ""), parent) in kwargs[index]:
+            sync(memo, meta.get("namespace", ""), parent, logger)
+
+    resource = (api.GROUP, api.VERSION, plural)
+    kopf.index(*resource, id=index, registry=registry)(index_fn)
+    kopf.on.event(*resource, id=f"{kind.lower()}-event", registry=registry)(parent_event)
+    kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id=f"{kind.lower()}-child", labels={label: kopf.PRESENT},
+                  registry=registry)(child_event)
+    resync.register(registry)

@@ -97,3 +97,17 @@ def operator_permissions(api_server: EmulatorThread) -> set[tuple[str, str, str,
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         used.add((request.resource.group or "", resource, verb, ""))
     return used
+
+
+def kubeconfig(url: str, directory: Path, namespace: str) -> Path:
+    """A kubeconfig for /usr/bin/kubectl against the emulator at `url`."""
+    import yaml
+
+    config = directory / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "tester", "user": {"token": "tester"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
+    }))
+    return config

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
 from emulator import EmulatorThread  # noqa: E402
-from operator_harness import TEST_AGENT, OperatorThread as Operator, configuration, operator_permissions, wait_for  # noqa: E402
+from operator_harness import (  # noqa: E402
+    TEST_AGENT, OperatorThread as Operator, configuration, kubeconfig, operator_permissions, wait_for,
+)
 from prune_operator import chartfiles, rbac  # noqa: E402
 from prune_operator.config import OperatorConfig  # noqa: E402
 from prune_operator.kube import Kube, collection_path, object_path  # noqa: E402
@@ -188,17 +189,6 @@ def test_no_child_within_the_limits_names_the_closest(api_server, kube):
     assert "no child meets the limits" in status["best"]["why"]
 
 
-def kubeconfig(url: str, directory: Path) -> Path:
-    config = directory / "kubeconfig"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "tester"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": NS}}],
-    }))
-    return config
-
-
 def test_quality_gate_on_a_single_prunejob(api_server, kube, tmp_path):
     spec = {**TEMPLATE, "pruning": {"method": "magnitude", "sparsity": 0.5},
             "evaluation": {"gate": {"maxPerplexityIncreasePercent": 10, "minSparsity": 0.5}}}
@@ -211,7 +201,7 @@ def test_quality_gate_on_a_single_prunejob(api_server, kube, tmp_path):
         met = wait_for(lambda: condition(kube.get(object_path(*PJ, NS, "gated"))["status"], "QualityMet"),
                        what="QualityMet")
         if shutil.which("kubectl"):
-            done = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig(api_server.url, tmp_path)), "wait",
+            done = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig(api_server.url, tmp_path, NS)), "wait",
                                    "--for=condition=QualityMet=False", "pj/gated", "--timeout=20s"],
                                   capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from prune_job.spec import DenseBaseline, ObjectMeta, PruneJob, PruneSweep, PruneSweepStatus, SkippedCombination
+from prune_job.spec import DenseBaseline, ObjectMeta, PruneJob, PruneSweep, PruneSweepStatus
 from prune_job.sweep.grid import Child, child_spec, plan_grid
-from prune_job.sweep.select import choose, row
+from prune_job.sweep.select import row, status_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +67,7 @@ def run_sweep(sweep: PruneSweep, workdir: Path, show_bar: bool = True,
             bar.update(1)
     if bar is not None:
         bar.close()
-    return sweep_status(sweep, rows, grid.skipped)
-
-
-def sweep_status(sweep: PruneSweep, rows: list, skipped) -> PruneSweepStatus:
-    choice = choose(rows, sweep.spec.select)
-    for r in rows:
-        r.quality_met = choice.met.get(r.child)
-    completed = sum(1 for r in rows if r.phase in ("Succeeded", "Failed"))
-    return PruneSweepStatus(total=len(rows), completed=completed, done=f"{completed}/{len(rows)}", rows=rows,
-                            skipped=[SkippedCombination(combination=c, reason=why) for c, why in skipped],
-                            best=choice.best)
+    return status_from_rows(rows, grid.skipped, spec.select)
 
 
 def _bar(total: int, show: bool):

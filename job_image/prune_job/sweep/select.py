@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 from prune_job.gate import judge
-from prune_job.spec import SweepBest, SweepRow, SweepSelect
+from prune_job.spec import PruneSweepStatus, SkippedCombination, SweepBest, SweepRow, SweepSelect
 
 TOLERANCE = 1e-9
 # objective -> (figure of a row, +1 to minimise / -1 to maximise, words for `why`)
@@ -122,3 +122,16 @@ def row(child: str, combination: dict[str, Any], phase: str, results: Optional[M
         cost_significant=cost_significant(r) if cost.get("sparse") is not None else None,
         message=message,
     )
+
+
+def status_from_rows(rows: list[SweepRow], skipped: tuple, select: SweepSelect) -> PruneSweepStatus:
+    """The sweep's table, counts and choice (`best` once chosen, or once every child finished),
+    as the controller and `prune-job sweep` both report them; conditions are the controller's."""
+    choice = choose(rows, select)
+    for r in rows:
+        r.quality_met = choice.met.get(r.child)
+    completed = sum(1 for r in rows if r.phase in ("Succeeded", "Failed"))
+    complete = completed == len(rows)
+    return PruneSweepStatus(total=len(rows), completed=completed, done=f"{completed}/{len(rows)}", rows=rows,
+                            skipped=[SkippedCombination(combination=c, reason=why) for c, why in skipped],
+                            best=choice.best if complete or choice.best.child else None)

@@ -24,7 +24,7 @@ import kopf
 
 from prune_job import spec as api
 from prune_operator import conditions, parents
-from prune_operator.kube import ApiError, Kube, object_path
+from prune_operator.kube import Kube, object_path
 from prune_operator.resync import Key, Resync
 from prune_operator.schedule import plan
 
@@ -94,15 +94,7 @@ def sync_once(kube: Kube, schedule: dict[str, Any], at: datetime, logger: Any) -
     return decided
 
 
-def sync_logged(memo: Any, namespace: str, name: str, logger: Any) -> None:
-    """Event handlers are not retried by Kopf: log, and let the resync try again."""
-    try:
-        sync(memo.kube, namespace, name, logger)
-    except api.SpecError as err:
-        logger.warning(f"PruneSchedule {namespace}/{name} refused: {err}")
-    except (ApiError, kopf.TemporaryError) as err:
-        logger.warning(f"PruneSchedule {namespace}/{name}: {err}; "
-                       f"retrying within {memo.config.schedule_tick_seconds:g}s")
+sync_logged = parents.sync_logged(api.SCHEDULE_KIND, sync, lambda config: config.schedule_tick_seconds)
 
 
 RESYNC = Resync(
@@ -121,24 +113,7 @@ def known_schedule(namespace: str, name: str, **_: Any) -> dict[Key, bool]:
     return {(namespace, name): True}
 
 
-def schedule_event(body: Any, memo: Any, logger: Any, type: Optional[str] = None, **_: Any) -> None:
-    if type != "DELETED":
-        meta = body["metadata"]
-        sync_logged(memo, meta["namespace"], meta["name"], logger)
-
-
-def child_event(body: Any, memo: Any, logger: Any, known_schedules: kopf.Index, **_: Any) -> None:
-    meta = body.get("metadata") or {}
-    parent = (meta.get("labels") or {}).get(plan.SCHEDULE_LABEL)
-    if parent and (meta.get("namespace", ""), parent) in known_schedules:
-        sync_logged(memo, meta.get("namespace", ""), parent, logger)
-
-
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the PruneSchedule handlers to `registry` (every one with an explicit id)."""
-    resource = (api.GROUP, api.VERSION, api.SCHEDULE_PLURAL)
-    kopf.index(*resource, id=KNOWN_INDEX, registry=registry)(known_schedule)
-    kopf.on.event(*resource, id="pruneschedule-event", registry=registry)(schedule_event)
-    kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="pruneschedule-child",
-                  labels={plan.SCHEDULE_LABEL: kopf.PRESENT}, registry=registry)(child_event)
-    RESYNC.register(registry)
+    parents.register_parent(registry, kind=api.SCHEDULE_KIND, plural=api.SCHEDULE_PLURAL, label=plan.SCHEDULE_LABEL,
+                            index=KNOWN_INDEX, index_fn=known_schedule, sync=sync_logged, resync=RESYNC)

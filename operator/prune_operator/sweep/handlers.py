@@ -21,7 +21,7 @@ import kopf
 
 from prune_job import spec as api
 from prune_operator import conditions, parents
-from prune_operator.kube import ApiError, Kube, object_path
+from prune_operator.kube import Kube, object_path
 from prune_operator.resync import Key, Resync
 from prune_operator.sweep import plan
 
@@ -66,14 +66,7 @@ def sync_once(kube: Kube, sweep: dict[str, Any], at: datetime, logger: Any) -> O
     return decided
 
 
-def sync_logged(memo: Any, namespace: str, name: str, logger: Any) -> None:
-    """Event handlers are not retried by Kopf: log, and let the resync try again."""
-    try:
-        sync(memo.kube, namespace, name, logger)
-    except api.SpecError as err:
-        logger.warning(f"PruneSweep {namespace}/{name} refused: {err}")
-    except (ApiError, kopf.TemporaryError) as err:
-        logger.warning(f"PruneSweep {namespace}/{name}: {err}; retrying within {memo.config.resync_seconds:g}s")
+sync_logged = parents.sync_logged(api.SWEEP_KIND, sync, lambda config: config.resync_seconds)
 
 
 def unfinished(known_sweeps: kopf.Index) -> list[Key]:
@@ -94,24 +87,7 @@ def known_sweep(body: Any, namespace: str, name: str, **_: Any) -> dict[Key, boo
     return {(namespace, name): complete}
 
 
-def sweep_event(body: Any, memo: Any, logger: Any, type: Optional[str] = None, **_: Any) -> None:
-    if type != "DELETED":
-        meta = body["metadata"]
-        sync_logged(memo, meta["namespace"], meta["name"], logger)
-
-
-def child_event(body: Any, memo: Any, logger: Any, known_sweeps: kopf.Index, **_: Any) -> None:
-    meta = body.get("metadata") or {}
-    parent = (meta.get("labels") or {}).get(plan.SWEEP_LABEL)
-    if parent and (meta.get("namespace", ""), parent) in known_sweeps:
-        sync_logged(memo, meta.get("namespace", ""), parent, logger)
-
-
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the PruneSweep handlers to `registry` (every one with an explicit id)."""
-    resource = (api.GROUP, api.VERSION, api.SWEEP_PLURAL)
-    kopf.index(*resource, id=KNOWN_INDEX, registry=registry)(known_sweep)
-    kopf.on.event(*resource, id="prunesweep-event", registry=registry)(sweep_event)
-    kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="prunesweep-child",
-                  labels={plan.SWEEP_LABEL: kopf.PRESENT}, registry=registry)(child_event)
-    RESYNC.register(registry)
+    parents.register_parent(registry, kind=api.SWEEP_KIND, plural=api.SWEEP_PLURAL, label=plan.SWEEP_LABEL,
+                            index=KNOWN_INDEX, index_fn=known_sweep, sync=sync_logged, resync=RESYNC)

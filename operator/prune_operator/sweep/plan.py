@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
-from prune_job.spec import PruneSweepSpec, PruneSweepStatus, SkippedCombination
+from prune_job.spec import PruneSweepSpec, PruneSweepStatus
 from prune_job.sweep import grid as sweep_grid
-from prune_job.sweep.select import choose, row
+from prune_job.sweep.select import row, status_from_rows
 from prune_operator import parents
 from prune_operator.conditions import Event, describe_problems
 
@@ -70,13 +70,11 @@ def reconcile(name: str, spec: PruneSweepSpec, status: PruneSweepStatus, childre
     active = sum(1 for c in grid.children if c.name in seen and not seen[c.name].finished)
     waiting = [c for c in grid.children if c.name not in seen]
     create = tuple(waiting[: max(0, spec.parallelism - active)])
-    draft = _Draft(status.model_copy(deep=True))
-    before = {r.child: r.phase for r in status.rows}
-    draft.status.rows = [_row(c, seen.get(c.name), c in create) for c in grid.children]
-    draft.status.skipped = [SkippedCombination(combination=c, reason=why) for c, why in grid.skipped]
-    _count(draft.status)
-    _track(draft, before, create)
-    _decide(draft, spec, now, generation)
+    rows = [_row(c, seen.get(c.name), c in create) for c in grid.children]
+    draft = _Draft(status_from_rows(rows, grid.skipped, spec.select))
+    draft.status.conditions = status.conditions
+    _track(draft, {r.child: r.phase for r in status.rows}, create)
+    _decide(draft, now, generation)
     return Plan(draft.status, create, dense_baseline(children, name), tuple(draft.events))
 
 
@@ -87,12 +85,6 @@ def _row(child: sweep_grid.Child, observed: Optional[Observed], creating: bool):
                observed.message if observed.phase == "Failed" else None)
 
 
-def _count(status: PruneSweepStatus) -> None:
-    status.total = len(status.rows)
-    status.completed = sum(1 for r in status.rows if r.phase in FINISHED)
-    status.done = f"{status.completed}/{status.total}"
-
-
 def _track(draft: _Draft, before: dict[str, str], create: tuple[sweep_grid.Child, ...]) -> None:
     for child in create:
         draft.events.append(Event("Normal", "ChildCreated", f"Created PruneJob {child.name} {child.combination}"))
@@ -101,14 +93,10 @@ def _track(draft: _Draft, before: dict[str, str], create: tuple[sweep_grid.Child
             draft.events.append(Event("Warning", "ChildFailed", f"PruneJob {r.child} failed: {r.message or ''}".strip()))
 
 
-def _decide(draft: _Draft, spec: PruneSweepSpec, now: datetime, generation: Optional[int]) -> None:
+def _decide(draft: _Draft, now: datetime, generation: Optional[int]) -> None:
     status = draft.status
     was_complete = any(c.type == "Complete" and c.status == "True" for c in status.conditions)
-    choice = choose(status.rows, spec.select)
-    for r in status.rows:
-        r.quality_met = choice.met.get(r.child)
     complete = status.completed == status.total
-    status.best = choice.best if complete or choice.best.child else None
     status.observed_generation = generation
     conds = parents.set_condition(status.conditions, "Accepted", "True", "Valid", "", now, generation)
     failed = [r.child for r in status.rows if r.phase == "Failed"]
