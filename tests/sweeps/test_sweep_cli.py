@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
 from prune_job.cli import main
-from prune_job.spec import ObjectMeta, PruneJob
-from prune_job.sweep.grid import plan_grid, child_spec
-from prune_job.spec import parse_sweep
+from prune_job.spec import ObjectMeta, PruneJob, parse_sweep
+from prune_job.sweep.grid import child_spec, plan_grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from storage.conftest import NanioServer  # noqa: E402  (the storage tests' S3 server)
 
 
 def sweep_doc(tmp_path, model, matrix, **spec):
@@ -83,3 +87,30 @@ def test_a_failing_child_is_a_failed_row_and_the_others_go_on(tmp_path, capsys, 
     table = json.loads((tmp_path / "out" / "sweep" / "sweep.json").read_text())["status"]
     phases = [r["phase"] for r in table["rows"]]
     assert phases == ["Failed", "Succeeded"] and "selects no Linear layer" in table["rows"][0]["message"]
+
+
+@pytest.fixture
+def s3(tmp_path_factory, monkeypatch):
+    server = NanioServer(tmp_path_factory.mktemp("nanio")).start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    yield server
+    server.stop()
+
+
+def test_sweep_to_s3_uploads_children_and_the_report(tmp_path, capsys, tiny_model_factory, s3):
+    from prune_job.storage import S3Store
+
+    bucket = s3.make_bucket()
+    model = tiny_model_factory("llama")
+    path = sweep_doc(tmp_path, model, {"method": ["magnitude"], "sparsity": [0.3, 0.5]})
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["template"]["output"] = {"uri": f"s3://{bucket}/grid/"}
+    doc["spec"]["template"]["evaluation"] = {"enabled": False}
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["sweep", str(path), "--no-progress", "--workdir", str(tmp_path / "work")]) == 0
+    assert f"report: s3://{bucket}/grid/sweep/" in capsys.readouterr().out
+    keys = {key for key, _, _ in S3Store().list(bucket, "grid/")}
+    for child in ("tiny-magnitude-30", "tiny-magnitude-50"):
+        assert f"grid/{child}/manifest.json" in keys and f"grid/{child}/results.json" in keys
+    assert {"grid/sweep/report.md", "grid/sweep/sweep.json", "grid/sweep/pareto.png"} <= keys
