@@ -85,7 +85,7 @@ def render_markdown(name: str, spec: PruneSweepSpec, status: PruneSweepStatus) -
 
 
 def plot(spec: PruneSweepSpec, status: PruneSweepStatus, path: Path) -> Path:
-    from prune_job.evaluation.plots import _figure, _save  # matplotlib: imported when a plot is drawn
+    from prune_job.evaluation.plots import _empty, _figure, _save  # matplotlib: imported when a plot is drawn
 
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
@@ -93,6 +93,9 @@ def plot(spec: PruneSweepSpec, status: PruneSweepStatus, path: Path) -> Path:
     for r in status.rows:
         if r.phase == "Succeeded" and r.sparsity is not None and r.perplexity_increase_percent is not None:
             series[series_label(spec, r)].append(r)
+    if not series:
+        _empty(ax, "no perplexity figures (evaluation disabled, or no child succeeded)")
+        return _save(fig, path)
     for label, points in sorted(series.items()):
         points.sort(key=lambda r: r.sparsity)
         ax.plot([p.sparsity for p in points], [p.perplexity_increase_percent for p in points], marker="o", label=label)
