@@ -112,7 +112,7 @@ def events(kube: Kube, name: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in items if e["involvedObject"]["name"] == name and e["reason"] == reason]
 
 
-def test_two_by_two_sweep_parallelism_restart_and_a_failed_child(api_server, kube):
+def test_two_by_two_sweep_parallelism_restart_and_a_failed_child(api_server, kube, tmp_path):
     body = {"apiVersion": "pruning.dev/v1alpha1", "kind": "PruneSweep", "metadata": {"name": "grid", "namespace": NS},
             "spec": {"template": TEMPLATE, "matrix": {"method": ["magnitude", "wanda"], "sparsity": [0.3, 0.5]},
                      "parallelism": 2, "select": {"objective": "maxSparsity", "maxPerplexityIncreasePercent": 25}}}
@@ -164,6 +164,14 @@ def test_two_by_two_sweep_parallelism_restart_and_a_failed_child(api_server, kub
     assert status["best"]["child"] == names[3] and "highest sparsity" in status["best"]["why"]
     assert condition(status, "Failed")["status"] == "False"
     assert events(kube, "grid", "ChildFailed")
+
+    if shutil.which("kubectl"):  # the printer columns: Done, Best, Best PPL Δ%, Age
+        table = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig(api_server.url, tmp_path, NS)), "get",
+                                "pjsw"], capture_output=True, text=True, timeout=60)
+        assert table.returncode == 0, table.stderr
+        header, row = table.stdout.splitlines()[:2]
+        assert header.split() == ["NAME", "DONE", "BEST", "BEST", "PPL", "Δ%", "AGE"]
+        assert row.split()[:4] == ["grid", "4/4", names[3], "20"]
 
     # the same RBAC list covers every request
     used = operator_permissions(api_server)
