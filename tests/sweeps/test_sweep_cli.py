@@ -114,3 +114,21 @@ def test_sweep_to_s3_uploads_children_and_the_report(tmp_path, capsys, tiny_mode
     for child in ("tiny-magnitude-30", "tiny-magnitude-50"):
         assert f"grid/{child}/manifest.json" in keys and f"grid/{child}/results.json" in keys
     assert {"grid/sweep/report.md", "grid/sweep/sweep.json", "grid/sweep/pareto.png"} <= keys
+
+
+def test_sweep_report_from_a_clusters_status(tmp_path, capsys):
+    """The cluster seam: `kubectl get pjsw NAME -o yaml` → `prune-job sweep-report` writes the same report."""
+    obj = yaml.safe_load((Path(__file__).resolve().parents[2] / "gitops" / "argocd" / "resource_customizations"
+                          / "pruning.dev" / "PruneSweep" / "testdata" / "complete.yaml").read_text())
+    obj["spec"]["template"]["output"] = {"uri": str(tmp_path / "out")}
+    path = tmp_path / "got.yaml"
+    path.write_text(yaml.safe_dump(obj))
+    assert main(["sweep-report", str(path), "--workdir", str(tmp_path / "work")]) == 0
+    report = tmp_path / "out" / "sweep"
+    assert "best: smollm2-grid-sparsegpt-50" in (report / "report.md").read_text()
+    with Image.open(report / "pareto.png") as png:
+        assert png.format == "PNG"
+    del obj["status"]
+    path.write_text(yaml.safe_dump(obj))
+    assert main(["sweep-report", str(path)]) == 1
+    assert "no status rows" in capsys.readouterr().err
