@@ -75,7 +75,8 @@ def reconcile(name: str, spec: PruneSweepSpec, status: PruneSweepStatus, childre
     draft.status.conditions = status.conditions
     _track(draft, {r.child: r.phase for r in status.rows}, create)
     _decide(draft, now, generation)
-    return Plan(draft.status, create, dense_baseline(children, name), tuple(draft.events))
+    in_grid_order = [seen[c.name] for c in grid.children if c.name in seen]
+    return Plan(draft.status, create, dense_baseline(in_grid_order, name), tuple(draft.events))
 
 
 def _row(child: sweep_grid.Child, observed: Optional[Observed], creating: bool):
@@ -117,8 +118,8 @@ def _decide(draft: _Draft, now: datetime, generation: Optional[int]) -> None:
 
 
 def dense_baseline(children: list[Observed], sweep: str) -> Optional[dict[str, Any]]:
-    """The dense perplexity the first child to report one measured itself (None before)."""
-    for c in sorted(children, key=lambda c: c.name):
+    """The dense perplexity that the first child (in `children`' order) to report one measured itself."""
+    for c in children:
         ppl = (c.results or {}).get("perplexity") or {}
         if ppl.get("dense") and not ppl.get("denseSource"):
             return {"perplexity": ppl["dense"], "source": f"PruneJob {c.name} (sweep {sweep})"}
