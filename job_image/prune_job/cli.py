@@ -1,4 +1,5 @@
-"""`prune-job`: validate or run one PruneJob document on this machine (or in its pod)."""
+"""`prune-job`: validate or run one PruneJob document on this machine (or in its pod);
+`prune-job sweep` runs a PruneSweep here (prune_job.sweep.cli)."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,8 @@ class CliError(Exception):
     """A failure the user can act on: printed as one message, no traceback."""
 
 
-def load_document(path: str) -> dict[str, Any]:
+def load_document(path: str, kinds: tuple[str, ...] = ("PruneJob",)) -> dict[str, Any]:
+    """The one document of one of `kinds` in a YAML file (a document without `kind` is a PruneJob)."""
     file = Path(path)
     if not file.is_file():
         raise CliError(f"{path}: no such file")
@@ -36,11 +38,11 @@ def load_document(path: str) -> dict[str, Any]:
         raise CliError(f"{path}: not UTF-8 text (byte {err.start}); save the spec as UTF-8") from None
     except yaml.YAMLError as err:
         raise CliError(f"{path}: not valid YAML: {err}") from None
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", "PruneJob") == "PruneJob"]
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", "PruneJob") in kinds]
     if len(jobs) != 1:
-        kinds = sorted({str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in docs} - {"PruneJob"})
-        found = f", and {len(docs) - len(jobs)} other document(s) of kind {', '.join(kinds)}" if kinds else ""
-        raise CliError(f"{path}: expected exactly one PruneJob document, found {len(jobs)}{found}")
+        others = sorted({str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in docs} - set(kinds))
+        found = f", and {len(docs) - len(jobs)} other document(s) of kind {', '.join(others)}" if others else ""
+        raise CliError(f"{path}: expected exactly one {' or '.join(kinds)} document, found {len(jobs)}{found}")
     return jobs[0]
 
 
@@ -56,6 +58,11 @@ def parse_file(path: str, check_machine: bool = True) -> PruneJob:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if load_document(args.spec, ("PruneJob", "PruneSweep")).get("kind") == "PruneSweep":
+        from prune_job.sweep.cli import validate_sweep
+
+        args.kind = "PruneSweep"
+        return validate_sweep(args.spec)
     job = parse_file(args.spec)
     print(f"{args.spec}: valid PruneJob {job.metadata.name!r} "
           f"({job.spec.pruning.method}, {job.spec.pruning.pattern}, sparsity {job.spec.pruning.sparsity:g})")
@@ -166,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-job", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check a PruneJob document and name every bad field")
-    v.add_argument("spec", help="PruneJob YAML (as applied with kubectl)")
+    v = sub.add_parser("validate", help="check a PruneJob or PruneSweep document and name every bad field")
+    v.add_argument("spec", help="PruneJob or PruneSweep YAML (as applied with kubectl)")
     v.set_defaults(func=cmd_validate)
     r = sub.add_parser("run", help="run a PruneJob on this machine and print the status it would post")
     r.add_argument("spec", help="PruneJob YAML (as applied with kubectl)")
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc", type=_nproc, metavar="N",
                    help="run as N local ranks with torch.distributed (torchrun; gloo on CPU, one GPU per rank on CUDA)")
     r.set_defaults(func=cmd_run)
+    from prune_job.sweep.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -210,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except SpecError as err:
-        _error(f"error: invalid PruneJob {args.spec}:")
+        _error(f"error: invalid {getattr(args, 'kind', 'PruneJob')} {args.spec}:")
         for path, reason in err.problems:
             _error(f"  {path or '(document)'}: {reason}")
         if args.command == "run":

@@ -57,9 +57,11 @@ class Prepared:
     windows: list[torch.Tensor]
 
 
-def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
+def prepare(job: PruneJob, fetch: Any = None, cache: Optional[dict] = None) -> Prepared:
+    """`cache` (a sweep's, shared by its runs) keeps the resolved model and the calibration windows."""
     spec = job.spec
-    model_dir = resolve_model(spec.model)
+    cache = {} if cache is None else cache
+    model_dir = _cached(cache, ("model", spec.model.model_dump_json()), lambda: resolve_model(spec.model))
     problems = config_problems(model_dir, spec) + output_problems(job, model_dir)
     if problems:
         raise SpecError(problems)
@@ -72,10 +74,16 @@ def prepare(job: PruneJob, fetch: Any = None) -> Prepared:
     windows: list[torch.Tensor] = []
     if spec.pruning.needs_calibration:
         cal = spec.calibration
-        source = read_source(cal.uri, "spec.calibration.uri", fetch)
-        windows = token_windows(source, tokenizer, cal.samples, cal.sequence_length, cal.seed,
-                                "spec.calibration.uri", vocab_size=_vocab_size(handle))
+        windows = _cached(cache, ("calibration", str(model_dir), cal.model_dump_json()), lambda: token_windows(
+            read_source(cal.uri, "spec.calibration.uri", fetch), tokenizer, cal.samples, cal.sequence_length,
+            cal.seed, "spec.calibration.uri", vocab_size=_vocab_size(handle)))
     return Prepared(model_dir, handle, tokenizer, windows)
+
+
+def _cached(cache: dict, key: tuple, make: Any) -> Any:
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def _vocab_size(handle: ModelHandle) -> Optional[int]:
@@ -88,9 +96,10 @@ def _fetch(uri: str) -> Path:
 
 
 def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = None, show_bar: bool = True,
-            world: Optional[World] = None) -> Optional[ResultsDetail]:
+            world: Optional[World] = None, cache: Optional[dict] = None) -> Optional[ResultsDetail]:
     """Run a PruneJob; return results.json's model (also written beside the checkpoint).
-    In a group of ranks (`world`), rank 0 alone writes, uploads and reports; the others return None."""
+    In a group of ranks (`world`), rank 0 alone writes, uploads and reports; the others return None.
+    `cache`: what runs of one sweep share (prepare)."""
     spec = job.spec
     world = world or SingleProcess()
     reporter = reporter if reporter is not None and world.is_writer else NullReporter()
@@ -102,7 +111,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     problems = output_problems(job)
     if problems:
         raise SpecError(problems)
-    prepared = first_on_each_node(world, lambda: prepare(job, _fetch))
+    prepared = first_on_each_node(world, lambda: prepare(job, _fetch, cache))
     distributed.check_calibration_share(world, prepared.windows)
     handle = prepared.handle
     out_dir = output_dir(spec.output.uri, workdir)

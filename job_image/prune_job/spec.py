@@ -297,11 +297,34 @@ class GenerationEval(ApiModel):
         return v
 
 
+class Gate(ApiModel):
+    """Quality limits a pruned model must meet (absent limits are not checked);
+    judged by prune_job.gate.judge, for a PruneJob's QualityMet condition and a sweep's choice."""
+
+    max_perplexity_increase_percent: Optional[float] = Field(
+        None, ge=0.0, description="largest acceptable perplexity increase over the dense model, in percent"
+    )
+    min_sparsity: Optional[float] = Field(None, ge=0.0, le=1.0, description="smallest acceptable measured sparsity")
+
+
+class DenseBaseline(ApiModel):
+    """Dense figures measured once and shared (a PruneSweep's children): the dense perplexity on
+    the same windows is not measured again. Speed is always measured beside each sparse model."""
+
+    perplexity: float = Field(gt=0.0, description="dense perplexity on this spec's evaluation windows")
+    nll: Optional[float] = Field(None, description="its mean negative log-likelihood per token")
+    source: str = Field(description="who measured it (the PruneJob or run)")
+
+
 class Evaluation(ApiModel):
     enabled: bool = True
     perplexity: PerplexityEval = Field(default_factory=PerplexityEval)
     generation: GenerationEval = Field(default_factory=GenerationEval)
     gpu_hourly_cost: Optional[float] = Field(None, ge=0.0, description="USD per GPU hour; gives cost per million tokens")
+    gate: Optional[Gate] = Field(None, description="quality limits; sets the condition QualityMet after evaluation")
+    dense_baseline: Optional[DenseBaseline] = Field(
+        None, description="dense figures measured once for a sweep (set by the sweep controller or runner)"
+    )
 
 
 class Toleration(ApiModel):
@@ -422,6 +445,7 @@ class DenseSparse(ApiModel):
 
 class PerplexityResult(DenseSparse):
     increase_percent: Optional[float] = None
+    dense_source: Optional[str] = Field(None, description="where the dense figure came from when shared (a sweep)")
 
 
 class Spread(ApiModel):
@@ -859,3 +883,115 @@ def parse_schedule_spec(spec: dict[str, Any]) -> PruneScheduleSpec:
 def parse_schedule_status(status: dict[str, Any] | None) -> PruneScheduleStatus:
     """The status as stored; fields this model does not know are kept, never refused."""
     return PruneScheduleStatus.model_validate(status or {})
+
+
+# ---------------------------------------------------------------- PruneSweep: a grid of PruneJobs
+#
+# `template` is a PruneJob spec, validated by the very model the PruneJob uses;
+# `matrix` maps pruning fields to lists of values, whose product (at most
+# MAX_SWEEP_CHILDREN) is the set of children; the grid itself (combinations,
+# names, selection) is prune_job.sweep, shared by the controller and `prune-job sweep`.
+
+SWEEP_KIND = "PruneSweep"
+SWEEP_PLURAL = "prunesweeps"
+SWEEP_SHORT_NAMES = ("pjsw",)
+MAX_SWEEP_CHILDREN = 64
+SWEEP_OBJECTIVES = ("minCostPerMillionTokens", "maxSparsity", "minPerplexity", "minCheckpointBytes")
+
+
+class SweepSelect(Gate):
+    """The objective, among the children that meet the limits (the same limits as a PruneJob's gate)."""
+
+    objective: Literal["minCostPerMillionTokens", "maxSparsity", "minPerplexity", "minCheckpointBytes"] = Field(
+        "minCostPerMillionTokens", description="what the best child minimises or maximises"
+    )
+
+
+class PruneSweepSpec(ApiModel):
+    template: PruneJobSpec = Field(description="a PruneJob spec: every child's, with the matrix's pruning fields set")
+    matrix: dict[str, list[Any]] = Field(
+        description="pruning fields (method, pattern, sparsity, ...) to lists of values; children = their product"
+    )
+    parallelism: int = Field(2, ge=1, le=MAX_SWEEP_CHILDREN, description="children running at once")
+    select: SweepSelect = Field(default_factory=SweepSelect)
+
+    @model_validator(mode="after")
+    def _grid(self) -> "PruneSweepSpec":
+        from prune_job.sweep.grid import check_matrix  # the grid's rules live with the grid
+
+        check_matrix(self.template, self.matrix)
+        return self
+
+
+class SweepRow(ApiModel):
+    """One child of a sweep, as the status table shows it."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    child: str
+    combination: dict[str, Any] = Field(default_factory=dict)
+    phase: str = "Pending"
+    sparsity: Optional[float] = None
+    perplexity_increase_percent: Optional[float] = None
+    tokens_per_second: Optional[float] = None
+    cost_per_million_tokens: Optional[float] = None
+    checkpoint_bytes: Optional[int] = None
+    cost_significant: Optional[bool] = Field(
+        None, description="whether the sparse cost differs significantly from dense (absent: treated as significant)"
+    )
+    quality_met: Optional[bool] = None
+    message: Optional[str] = None
+
+
+class SweepBest(ApiModel):
+    child: Optional[str] = None
+    combination: dict[str, Any] = Field(default_factory=dict)
+    why: str = ""
+    perplexity_increase_percent: Optional[float] = None
+    closest: Optional[str] = Field(None, description="when no child meets the limits: the one nearest to them")
+
+
+class SkippedCombination(ApiModel):
+    combination: dict[str, Any]
+    reason: str
+
+
+class PruneSweepStatus(ApiModel):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    observed_generation: Optional[int] = None
+    conditions: list[Condition] = Field(default_factory=list)
+    total: int = 0
+    completed: int = 0
+    done: Optional[str] = Field(None, description='"completed/total", for `kubectl get pjsw`')
+    rows: list[SweepRow] = Field(default_factory=list)
+    skipped: list[SkippedCombination] = Field(default_factory=list)
+    best: Optional[SweepBest] = None
+
+
+class PruneSweep(ApiModel):
+    """A whole PruneSweep document, as applied with kubectl."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+    api_version: Literal["pruning.dev/v1alpha1"] = API_VERSION
+    kind: Literal["PruneSweep"] = SWEEP_KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: PruneSweepSpec
+    status: Optional[PruneSweepStatus] = None
+
+
+def parse_sweep_spec(spec: dict[str, Any]) -> PruneSweepSpec:
+    """Validate a bare PruneSweep `spec`; raise SpecError naming each bad field."""
+    try:
+        return PruneSweepSpec.model_validate(spec)
+    except ValidationError as err:
+        raise SpecError(problems_from(err, root="spec")) from None
+
+
+def parse_sweep(document: dict[str, Any]) -> PruneSweep:
+    try:
+        return PruneSweep.model_validate(document)
+    except ValidationError as err:
+        raise SpecError(problems_from(err)) from None
+
+
+def parse_sweep_status(status: dict[str, Any] | None) -> PruneSweepStatus:
+    return PruneSweepStatus.model_validate(status or {})

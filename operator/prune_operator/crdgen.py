@@ -5,7 +5,7 @@ CRD of the project; `--check` exits 1 when a committed file is stale.
 
 The generic part (`structural_schema`, `custom_resource_definition`,
 `immutable_rules`) knows nothing about our kinds; below it, one function per
-kind (PruneJob, PruneSchedule) builds its CRD, and `all_crds()` lists them.
+kind (PruneJob, PruneSchedule, PruneSweep) builds its CRD, and `all_crds()` lists them.
 """
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ def _convert(node: Mapping[str, Any], definitions: Mapping[str, Any]) -> dict[st
                 out["x-kubernetes-preserve-unknown-fields"] = True
             elif isinstance(value, Mapping):
                 out[key] = _convert(value, definitions)
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(value, bool):
+            out[key] = value  # already converted (an Optional model's branch is converted, then merged)
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"
             out[bound], out[key] = value, True
@@ -414,9 +416,41 @@ def pruneschedule_crd() -> dict[str, Any]:
     return crd
 
 
+# ---------------------------------------------------------------- PruneSweep
+
+SWEEP_COLUMNS = [
+    printer_column("Done", ".status.done", description="children finished/total"),
+    printer_column("Best", ".status.best.child"),
+    printer_column("Best PPL Δ%", ".status.best.perplexityIncreasePercent", "number", format="float"),
+    printer_column("Age", ".metadata.creationTimestamp", "date"),
+]
+MATRIX_SCHEMA = {
+    "type": "object",
+    "description": "pruning fields (method, pattern, sparsity, ...) to lists of values; children = their product",
+    "additionalProperties": {"type": "array", "minItems": 1, "items": {"x-kubernetes-preserve-unknown-fields": True}},
+}
+
+
+def prunesweep_crd() -> dict[str, Any]:
+    spec_schema = structural_schema(api.PruneSweepSpec)
+    add_pruning_rules(at_path(spec_schema, "template.pruning"))
+    spec_schema["properties"]["matrix"] = copy.deepcopy(MATRIX_SCHEMA)
+    status_schema = structural_schema(api.PruneSweepStatus, defaults=False)
+    for table in ("rows", "skipped"):  # a combination's values are of any type
+        at_path(status_schema, table)["items"]["properties"]["combination"] = {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    at_path(status_schema, "best")["properties"]["combination"] = {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    crd = pruning_crd(api.SWEEP_KIND, api.SWEEP_PLURAL, spec_schema, api.PruneSweepStatus,
+                      api.SWEEP_SHORT_NAMES, SWEEP_COLUMNS)
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = status_schema
+    return crd
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """Every CRD of the project, by file name."""
-    return {"prunejob.yaml": prunejob_crd(), "pruneschedule.yaml": pruneschedule_crd()}
+    return {"prunejob.yaml": prunejob_crd(), "pruneschedule.yaml": pruneschedule_crd(),
+            "prunesweep.yaml": prunesweep_crd()}
 
 
 def render(crd: Mapping[str, Any]) -> str:

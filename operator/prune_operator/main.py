@@ -7,7 +7,7 @@ the operator runs standalone (no Kopf peering), so two operators never act on
 the same PruneJob. With `--peering NAME` several replicas may run and Kopf's
 peering (the KopfPeering CRDs must be installed) keeps one active.
 
-Each controller (prunejob/, schedule/) has `register(registry)` in its
+Each controller (prunejob/, schedule/, sweep/) has `register(registry)` in its
 handlers module; a new one is added to CONTROLLERS.
 """
 from __future__ import annotations
@@ -26,8 +26,9 @@ from prune_operator.config import OperatorConfig
 from prune_operator.kube import Kube, connection_info, load_configuration
 from prune_operator.prunejob import handlers as prunejob_handlers
 from prune_operator.schedule import handlers as schedule_handlers
+from prune_operator.sweep import handlers as sweep_handlers
 
-CONTROLLERS = (prunejob_handlers, schedule_handlers)
+CONTROLLERS = (prunejob_handlers, schedule_handlers, sweep_handlers)
 
 
 def build_registry(configuration: Configuration) -> kopf.OperatorRegistry:

@@ -1,17 +1,18 @@
-"""Every permission the controller needs (both controllers, PruneJob and
-PruneSchedule), in one list: the Helm chart's rules are generated from it
+"""Every permission the controller needs (every controller: PruneJob,
+PruneSchedule, PruneSweep), in one list: the Helm chart's rules are generated from it
 (chartfiles.py), and tests check that it grants every request the operator
 makes against the API emulator.
 
 Why each is here:
 - prunejobs: watch and index (Kopf), patch (Kopf's progress annotations);
-  create and delete: the schedule controller's runs (and their history).
+  create and delete: the schedule controller's runs (and their history) and
+  the sweep controller's children.
 - prunejobs/status: the controller writes phase/conditions. Holding get+patch
   on prunejobs/status is also what lets it grant them to the worker's Role
   (RBAC forbids granting what one does not hold).
-- pruneschedules: watch and index (Kopf), get (a sync reads it fresh);
-  pruneschedules/status: patch.
-- prunejobs/finalizers, pruneschedules/finalizers: update, needed to set
+- pruneschedules, prunesweeps: watch and index (Kopf), get (a sync reads it
+  fresh); their status: patch.
+- prunejobs/finalizers, pruneschedules/finalizers, prunesweeps/finalizers: update, needed to set
   blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement).
 - serviceaccounts, roles, rolebindings, configmaps: the worker's identity and
   spec, created per PruneJob; services: the headless Service of a multi-pod
@@ -35,6 +36,9 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [api.GROUP], "resources": [api.SCHEDULE_PLURAL], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.SCHEDULE_PLURAL}/status"], "verbs": ["patch"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.SCHEDULE_PLURAL}/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [api.GROUP], "resources": [api.SWEEP_PLURAL], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.SWEEP_PLURAL}/status"], "verbs": ["patch"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.SWEEP_PLURAL}/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["serviceaccounts", "configmaps", "services"], "verbs": ["get", "create"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},

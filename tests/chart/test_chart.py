@@ -92,10 +92,10 @@ def test_lints_clean(variant):
 def test_renders_the_expected_objects(rendered):
     kinds = lambda docs: sorted(f"{d['kind']}/{d['metadata'].get('namespace', '')}" for d in docs)
     assert kinds(rendered["default"]) == sorted([
-        "ClusterRole/", "ClusterRoleBinding/", "CustomResourceDefinition/", "CustomResourceDefinition/",
+        "ClusterRole/", "ClusterRoleBinding/", *["CustomResourceDefinition/"] * 3,
         f"Deployment/{NAMESPACE}", f"Service/{NAMESPACE}", f"ServiceAccount/{NAMESPACE}"])
     assert kinds(rendered["non-default"]) == sorted([
-        "ClusterRole/", "ClusterRoleBinding/", "CustomResourceDefinition/", "CustomResourceDefinition/",
+        "ClusterRole/", "ClusterRoleBinding/", *["CustomResourceDefinition/"] * 3,
         f"Deployment/{NAMESPACE}", f"Service/{NAMESPACE}", f"ServiceAccount/{NAMESPACE}",
         f"ServiceMonitor/{NAMESPACE}", "Role/ml", "RoleBinding/ml", "Role/research", "RoleBinding/research"])
     assert kinds(rendered["no-metrics"]) == sorted([
@@ -225,7 +225,7 @@ def test_generated_chart_files_are_fresh():
 def test_crds_are_the_generated_ones(rendered):
     crds = {d["metadata"]["name"]: d for d in by_kind(rendered["default"], "CustomResourceDefinition")}
     generated = {c["metadata"]["name"]: c for c in crdgen.all_crds().values()}
-    assert set(crds) == {"prunejobs.pruning.dev", "pruneschedules.pruning.dev"} == set(generated)
+    assert set(crds) == {"prunejobs.pruning.dev", "pruneschedules.pruning.dev", "prunesweeps.pruning.dev"} == set(generated)
     for name, crd in crds.items():
         assert crd["spec"] == generated[name]["spec"]
 
@@ -241,7 +241,7 @@ def test_crds_are_templates_kept_on_uninstall(rendered):
 def test_upgrade_renders_the_crds_so_a_new_schema_is_applied(chart):
     docs = render(chart, {}, is_upgrade=True, is_install=False, revision=2)
     names = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
-    assert names == {"prunejobs.pruning.dev", "pruneschedules.pruning.dev"}
+    assert names == {"prunejobs.pruning.dev", "pruneschedules.pruning.dev", "prunesweeps.pruning.dev"}
 
 
 # ---------------------------------------------------------------- the operator Deployment

@@ -49,8 +49,9 @@ def crd_schema(kind: str) -> dict[str, Any]:
 
 def test_every_example_kind_is_known():
     kinds = {doc["kind"] for _, doc in DOCS}
-    assert kinds <= {"PruneJob", "PruneSchedule", "Application", "GitRepository", "HelmRelease", "Kustomization"}
-    assert {"PruneJob", "PruneSchedule", "Application", "HelmRelease", "Kustomization"} <= kinds
+    assert kinds <= {"PruneJob", "PruneSchedule", "PruneSweep", "Application", "GitRepository", "HelmRelease",
+                     "Kustomization"}
+    assert {"PruneJob", "PruneSchedule", "PruneSweep", "Application", "HelmRelease", "Kustomization"} <= kinds
 
 
 @pytest.mark.parametrize("doc", of_kind("PruneJob"))
@@ -65,6 +66,17 @@ def test_pruneschedules_are_valid(doc):
     jsonschema.Draft4Validator(crd_schema("PruneSchedule")).validate(doc)
     assert len(doc["metadata"]["name"]) <= 52
     assert next_time(spec, datetime(2026, 1, 1, tzinfo=timezone.utc)) > datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("doc", of_kind("PruneSweep"))
+def test_prunesweeps_are_valid(doc):
+    from prune_job.spec import parse_sweep
+    from prune_job.sweep.grid import plan_grid
+
+    sweep = parse_sweep(doc)
+    jsonschema.Draft4Validator(crd_schema("PruneSweep")).validate(doc)
+    grid = plan_grid(sweep.metadata.name, sweep.spec.template, sweep.spec.matrix)
+    assert grid.children and all(len(c.name) <= 63 for c in grid.children)
 
 
 def test_nightly_example_runs_at_two_in_berlin():

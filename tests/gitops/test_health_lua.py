@@ -12,7 +12,7 @@ import pytest
 import yaml
 from lupa import lua51
 
-from prune_job.spec import PruneJobStatus, PruneSchedule, parse_prunejob
+from prune_job.spec import PruneJobStatus, PruneSchedule, PruneSweep, parse_prunejob
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOM = ROOT / "gitops" / "argocd" / "resource_customizations" / "pruning.dev"
@@ -31,7 +31,7 @@ def cases(kind: str):
     return [pytest.param(kind, t, id=f"{kind}-{Path(t['inputPath']).stem}") for t in tests]
 
 
-@pytest.mark.parametrize("kind,case", cases("PruneJob") + cases("PruneSchedule"))
+@pytest.mark.parametrize("kind,case", cases("PruneJob") + cases("PruneSchedule") + cases("PruneSweep"))
 def test_health_of_the_samples(kind, case):
     obj = yaml.safe_load((CUSTOM / kind / case["inputPath"]).read_text())
     assert health(kind, obj) == case["healthStatus"]
@@ -51,14 +51,16 @@ def test_samples_cover_every_phase_and_stale_generation():
     assert seen[("Succeeded", "stale_generation")] == "Progressing"
 
 
-@pytest.mark.parametrize("kind", ["PruneJob", "PruneSchedule"])
+@pytest.mark.parametrize("kind", ["PruneJob", "PruneSchedule", "PruneSweep"])
 def test_samples_are_valid_objects_of_the_api(kind):
     for path in sorted((CUSTOM / kind / "testdata").glob("*.yaml")):
         obj = yaml.safe_load(path.read_text())
         if kind == "PruneJob":
             parse_prunejob(obj)
             PruneJobStatus.model_validate(obj.get("status") or {})
-        else:
+        elif kind == "PruneSweep" and "lasso" not in str(obj["spec"]["matrix"]):  # invalid.yaml is refused on purpose
+            PruneSweep.model_validate(obj)
+        elif kind == "PruneSchedule":
             PruneSchedule.model_validate(obj)
 
 
@@ -85,5 +87,24 @@ def test_argocd_cm_snippet_carries_the_same_lua():
     """The install snippet (a ConfigMap patch) must embed health.lua verbatim."""
     patch = yaml.safe_load((ROOT / "gitops" / "argocd" / "argocd-cm-patch.yaml").read_text())
     data = patch["data"]
-    for kind in ("PruneJob", "PruneSchedule"):
+    for kind in ("PruneJob", "PruneSchedule", "PruneSweep"):
         assert data[f"resource.customizations.health.pruning.dev_{kind}"] == (CUSTOM / kind / "health.lua").read_text()
+
+
+def test_sweep_health_of_statuses_the_controller_computes():
+    """The sweep's own plan, fed finished children, yields a status the Lua reads as Healthy / Degraded."""
+    from datetime import datetime, timezone
+
+    from prune_job.spec import PruneSweepStatus, parse_sweep_spec
+    from prune_operator.parents import status_document
+    from prune_operator.sweep.plan import Observed, reconcile
+
+    obj = yaml.safe_load((CUSTOM / "PruneSweep" / "testdata" / "new.yaml").read_text())
+    spec = parse_sweep_spec(obj["spec"])
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    names = ["smollm2-grid-sparsegpt-30", "smollm2-grid-sparsegpt-50", "smollm2-grid-wanda-30", "smollm2-grid-wanda-50"]
+    for increase, expected in ((3.0, "Healthy"), (30.0, "Degraded")):
+        done = [Observed(n, "Succeeded", {"sparsity": 0.5, "perplexity": {"increasePercent": increase}}) for n in names]
+        plan = reconcile("smollm2-grid", spec, PruneSweepStatus(), done, now, 1)
+        assert health("PruneSweep", {**obj, "status": status_document(plan.status)})["status"] == expected
+

@@ -79,3 +79,35 @@ def pod_identity(directory: Path, server: EmulatorThread, cert: Path, token: str
     (directory / "namespace").write_text("default")
     return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(server.tls_port),
             "PRUNE_JOB_SERVICEACCOUNT_DIR": str(directory)}
+
+
+TEST_AGENT = "operator-tests"  # the User-Agent of a test's own client, to tell its requests from the operator's
+VERBS = {"FETCH": "get", "LIST": "list", "WATCH": "watch", "CREATE": "create", "DELETE": "delete"}
+
+
+def operator_permissions(api_server: EmulatorThread) -> set[tuple[str, str, str, str]]:
+    """(group, resource[/subresource], verb, "") of every request the operator made."""
+    used = set()
+    for request in api_server.requests():
+        if request.resource is None or not request.resource.plural or request.headers.get("User-Agent") == TEST_AGENT:
+            continue
+        if request.action is None:
+            continue
+        verb = VERBS.get(request.action.value) or ("update" if request.method.value == "PUT" else "patch")
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        used.add((request.resource.group or "", resource, verb, ""))
+    return used
+
+
+def kubeconfig(url: str, directory: Path, namespace: str) -> Path:
+    """A kubeconfig for /usr/bin/kubectl against the emulator at `url`."""
+    import yaml
+
+    config = directory / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "tester", "user": {"token": "tester"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
+    }))
+    return config

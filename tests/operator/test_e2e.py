@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from operator_harness import ROOT, OperatorThread, configuration, pod_identity, wait_for
+from operator_harness import ROOT, OperatorThread, configuration, kubeconfig, pod_identity, wait_for
 from kubeutil import (create_prunejob, get_job, job_condition, phase_of, prunejob, requests_with_token,
                       set_job_status, status_of)
 from prune_operator import rbac
@@ -107,13 +106,7 @@ def allowed(role_rules: list[dict[str, Any]], request: Any) -> bool:
 
 
 def kubectl_get_pj(server_url: str, namespace: str, directory: Path) -> str:
-    config = directory / "kubeconfig"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": server_url}}],
-        "users": [{"name": "tester", "user": {"token": "tester"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
-    }))
+    config = kubeconfig(server_url, directory, namespace)
     result = subprocess.run(["kubectl", "--kubeconfig", str(config), "get", "pj"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr

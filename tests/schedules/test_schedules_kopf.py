@@ -19,15 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
 from emulator import EmulatorThread  # noqa: E402
-from operator_harness import OperatorThread as Operator, wait_for  # noqa: E402
+from operator_harness import TEST_AGENT, OperatorThread as Operator, operator_permissions, wait_for  # noqa: E402
 from prune_operator import chartfiles, conditions, rbac  # noqa: E402
 from prune_operator.config import OperatorConfig  # noqa: E402
 from prune_operator.kube import Kube, collection_path, object_path  # noqa: E402
 from prune_operator.schedule.plan import run_name  # noqa: E402
 
 NS = "sched"
-TEST_AGENT = "schedules-test"
-VERBS = {"FETCH": "get", "LIST": "list", "WATCH": "watch", "CREATE": "create", "DELETE": "delete"}
 PJ = ("pruning.dev/v1alpha1", "prunejobs")
 PJS = ("pruning.dev/v1alpha1", "pruneschedules")
 TEMPLATE = {"spec": {"model": {"uri": "s3://models/tiny/"}, "pruning": {"method": "magnitude", "sparsity": 0.5},
@@ -217,18 +215,3 @@ def test_replace_deletes_the_running_prunejob_and_its_job(api_server, kube, cloc
         assert "SuccessfulDelete" in reasons(kube, "replace5")
     finally:
         operator.stop()
-
-
-def operator_permissions(api_server) -> set[tuple[str, str, str, str]]:
-    """(group, resource[/subresource], verb, "") of every request the operator made."""
-    used = set()
-    for request in api_server.requests():
-        if request.resource is None or not request.resource.plural or request.headers.get("User-Agent") == TEST_AGENT:
-            continue
-        if request.action is None:
-            continue
-        verb = VERBS.get(request.action.value) or ("update" if request.method.value == "PUT" else "patch")
-        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        used.add((request.resource.group or "", resource, verb, ""))
-    return used
-

@@ -131,20 +131,27 @@ def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, 
     (each rank its share of the windows; the sums of losses and tokens are reduced in fp64)."""
     world = world or SingleProcess()
     batches = micro_batches(world.share(windows), micro_batch_tokens(models.device))  # same for dense and sparse
+    shared = job.spec.evaluation.dense_baseline  # a sweep's dense figure, measured once on the same windows
+    variants = ("sparse",) if shared else ("dense", "sparse")
     figures = {}
-    for variant in ("dense", "sparse"):
+    for variant in variants:
         handle = models.handle(sparse=variant == "sparse")
         on_block = _counter(progress, f"perplexity-{variant}", handle.num_blocks, "block")
         nll, tokens = streamed_nll(handle, batches, on_block) if batches else (0.0, 0)
         sums = world.all_reduce(torch.tensor([nll, tokens], dtype=torch.float64))
         figures[variant] = Perplexity(float(sums[0]), int(sums[1]))
         del handle
-    dense, sparse = figures["dense"].value, figures["sparse"].value
-    result.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse))
+    dense = shared.perplexity if shared else figures["dense"].value
+    sparse = figures["sparse"].value
+    result.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse),
+                                         dense_source=f"shared: {shared.source}" if shared else None)
+    if shared:
+        result.notes.append(f"dense perplexity not measured again: shared from {shared.source} (same windows)")
     result.perplexity_detail = PerplexityDetail(
         source=job.spec.evaluation.perplexity.uri, windows=len(windows),
-        sequence_length=job.spec.evaluation.perplexity.sequence_length, tokens=figures["dense"].tokens,
-        dense_nll=figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll, method="streamed",
+        sequence_length=job.spec.evaluation.perplexity.sequence_length, tokens=figures["sparse"].tokens,
+        dense_nll=shared.nll if shared else figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll,
+        method="streamed",
     )
 
 

@@ -8,16 +8,17 @@ never returns `progress` or `results`: those are the worker's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Optional
 
+from prune_job import gate as quality
 from prune_job import spec as api
 from prune_operator.conditions import MAX_MESSAGE, Event, condition, describe_problems
 
 CONTROLLER_FIELDS = ("phase", "observedGeneration", "conditions", "jobName", "startTime", "completionTime",
                      "resumesAnnounced")
-CONDITION_TYPES = ("Accepted", "Running", "Succeeded", "Failed")
+CONDITION_TYPES = ("Accepted", "Running", "Succeeded", "Failed", "QualityMet")
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -198,6 +199,7 @@ def desired_status(
         outcome = job_deleted_outcome(current["jobName"])
     else:
         outcome = job_outcome(parsed.spec, job, pods)
+    outcome = with_quality(outcome, parsed.spec, current.get("results"))
     generation = meta.get("generation")
     status = {
         "phase": outcome.phase,
@@ -211,7 +213,7 @@ def desired_status(
     resumed = resume_events(current)
     if resumed:
         status["resumesAnnounced"] = (current.get("progress") or {}).get("resumes")
-    return status, resumed + transition_events(current.get("phase"), outcome)
+    return status, resumed + transition_events(current.get("phase"), outcome) + quality_events(current, outcome)
 
 
 def resume_events(current: dict[str, Any]) -> list[Event]:
@@ -222,6 +224,28 @@ def resume_events(current: dict[str, Any]) -> list[Event]:
         return []
     return [Event("Normal", "Resumed", f"Resumed from block {start} of {progress.get('blocksTotal') or '?'} "
                                        f"(resume {resumes}; the finished blocks were kept)")]
+
+
+def with_quality(outcome: Outcome, spec: Optional[api.PruneJobSpec], results: Any) -> Outcome:
+    """A Succeeded run with `evaluation.gate` gets QualityMet from the measured figures (gate.judge)."""
+    if outcome.phase != "Succeeded" or spec is None:
+        return outcome
+    verdict = quality.judge(spec.evaluation.gate, results)
+    if verdict is None:
+        return outcome
+    met = ("True", "WithinLimits") if verdict.met else ("False", "LimitsExceeded")
+    return replace(outcome, conditions={**outcome.conditions, "QualityMet": (*met, verdict.message)})
+
+
+def quality_events(current: dict[str, Any], outcome: Outcome) -> list[Event]:
+    """One Event when QualityMet is first set or changes."""
+    if "QualityMet" not in outcome.conditions:
+        return []
+    status, reason, message = outcome.conditions["QualityMet"]
+    before = next((c for c in current.get("conditions") or [] if c.get("type") == "QualityMet"), None)
+    if before is not None and before.get("status") == status:
+        return []
+    return [Event("Normal" if status == "True" else "Warning", reason, f"quality gate: {message}")]
 
 
 def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:

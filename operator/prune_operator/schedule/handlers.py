@@ -17,19 +17,17 @@ changed, and posts Events. Handlers reach the API through `memo.kube`
 """
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from typing import Any, Optional
 
 import kopf
 
 from prune_job import spec as api
-from prune_operator import conditions
-from prune_operator.kube import ApiError, Kube, collection_path, object_path
+from prune_operator import conditions, parents
+from prune_operator.kube import Kube, object_path
 from prune_operator.resync import Key, Resync
 from prune_operator.schedule import plan
 
-STATUS_ATTEMPTS = 3
 KNOWN_INDEX = "known_schedules"  # the index's id is also the name of the handlers' keyword argument
 
 
@@ -41,66 +39,26 @@ def schedule_path(namespace: str, name: str, subresource: str = "") -> str:
 
 
 def list_children(kube: Kube, schedule: dict[str, Any]) -> list[dict[str, Any]]:
-    meta = schedule["metadata"]
-    listing = kube.get(collection_path(api.API_VERSION, api.PLURAL, meta["namespace"]),
-                       query={"labelSelector": f"{plan.SCHEDULE_LABEL}={meta['name']}"})
-    return [o for o in listing.get("items") or [] if plan.owned_by(o, meta.get("uid"), meta["name"])]
-
-
-def delete_prunejob(kube: Kube, namespace: str, name: str) -> None:
-    try:
-        kube.request("DELETE", object_path(api.API_VERSION, api.PLURAL, namespace, name),
-                     body={"propagationPolicy": "Background"})
-    except ApiError as err:
-        if err.status != 404:
-            raise
+    return parents.list_children(kube, schedule, plan.SCHEDULE_LABEL, api.SCHEDULE_KIND)
 
 
 def write_status(kube: Kube, schedule: dict[str, Any], status: api.PruneScheduleStatus) -> bool:
     """Merge-patch the status when it differs; False when nothing changed."""
-    desired = plan.status_document(status)
-    current = plan.status_document(api.parse_schedule_status(schedule.get("status")))
-    if desired == current:
-        return False
     meta = schedule["metadata"]
-    patch: dict[str, Any] = {"status": plan.status_patch(current, desired)}
-    if meta.get("resourceVersion"):
-        patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}  # 409 if it changed meanwhile
-    kube.merge_patch(schedule_path(meta["namespace"], meta["name"], "status"), patch)
-    return True
+    return parents.write_status(kube, schedule_path(meta["namespace"], meta["name"], "status"), schedule,
+                                api.parse_schedule_status(schedule.get("status")), status)
 
 
 # ---------------------------------------------------------------- one sync
 
 
-class KeyedLocks:
-    """One lock per schedule, so that an event and the resync never sync the same schedule at once."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Key, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def __call__(self, key: Key) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-
-LOCKS = KeyedLocks()
+LOCKS = parents.KeyedLocks()
 
 
 def sync(kube: Kube, namespace: str, name: str, logger: Any) -> Optional[plan.Plan]:
     """Bring one schedule up to date. None when it is gone or invalid."""
-    with LOCKS((namespace, name)):
-        for _ in range(STATUS_ATTEMPTS):
-            schedule = kube.get_or_none(schedule_path(namespace, name))
-            if schedule is None or schedule["metadata"].get("deletionTimestamp"):
-                return None
-            try:
-                return sync_once(kube, schedule, conditions.now(), logger)
-            except ApiError as err:
-                if err.status != 409:
-                    raise
-        raise kopf.TemporaryError("the schedule kept changing while its status was written", delay=1)
+    return parents.sync_fresh(kube, schedule_path(namespace, name), LOCKS, (namespace, name),
+                              lambda schedule: sync_once(kube, schedule, conditions.now(), logger))
 
 
 def parse(schedule: dict[str, Any]) -> api.PruneScheduleSpec:
@@ -127,7 +85,7 @@ def sync_once(kube: Kube, schedule: dict[str, Any], at: datetime, logger: Any) -
     created = conditions.parse_time(meta.get("creationTimestamp")) or plan.first_seen(status, at)
     decided = plan.reconcile(meta["name"], spec, status, created, children, at, meta.get("generation"))
     for child in decided.delete:
-        delete_prunejob(kube, meta["namespace"], child)
+        parents.delete_prunejob(kube, meta["namespace"], child)
     if decided.create is not None:
         fresh = kube.create(plan.prunejob_for_run(schedule, decided.create))
         logger.info(f"PruneJob {decided.create.name}: {'created' if fresh else 'existed already'}")
@@ -147,15 +105,8 @@ def warn_if_foreign(kube: Kube, schedule: dict[str, Any], name: str, logger: Any
                        "it is left untouched and this run is not started")
 
 
-def sync_logged(memo: Any, namespace: str, name: str, logger: Any) -> None:
-    """Event handlers are not retried by Kopf: log, and let the resync try again."""
-    try:
-        sync(memo.kube, namespace, name, logger)
-    except api.SpecError as err:
-        logger.warning(f"PruneSchedule {namespace}/{name} refused: {err}")
-    except (ApiError, kopf.TemporaryError) as err:
-        logger.warning(f"PruneSchedule {namespace}/{name}: {err}; "
-                       f"retrying within {memo.config.schedule_tick_seconds:g}s")
+
+sync_logged = parents.sync_logged(api.SCHEDULE_KIND, sync, lambda config: config.schedule_tick_seconds)
 
 
 RESYNC = Resync(
@@ -174,24 +125,7 @@ def known_schedule(namespace: str, name: str, **_: Any) -> dict[Key, bool]:
     return {(namespace, name): True}
 
 
-def schedule_event(body: Any, memo: Any, logger: Any, type: Optional[str] = None, **_: Any) -> None:
-    if type != "DELETED":
-        meta = body["metadata"]
-        sync_logged(memo, meta["namespace"], meta["name"], logger)
-
-
-def child_event(body: Any, memo: Any, logger: Any, known_schedules: kopf.Index, **_: Any) -> None:
-    meta = body.get("metadata") or {}
-    parent = (meta.get("labels") or {}).get(plan.SCHEDULE_LABEL)
-    if parent and (meta.get("namespace", ""), parent) in known_schedules:
-        sync_logged(memo, meta.get("namespace", ""), parent, logger)
-
-
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the PruneSchedule handlers to `registry` (every one with an explicit id)."""
-    resource = (api.GROUP, api.VERSION, api.SCHEDULE_PLURAL)
-    kopf.index(*resource, id=KNOWN_INDEX, registry=registry)(known_schedule)
-    kopf.on.event(*resource, id="pruneschedule-event", registry=registry)(schedule_event)
-    kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="pruneschedule-child",
-                  labels={plan.SCHEDULE_LABEL: kopf.PRESENT}, registry=registry)(child_event)
-    RESYNC.register(registry)
+    parents.register_parent(registry, kind=api.SCHEDULE_KIND, plural=api.SCHEDULE_PLURAL, label=plan.SCHEDULE_LABEL,
+                            index=KNOWN_INDEX, index_fn=known_schedule, sync=sync_logged, resync=RESYNC)

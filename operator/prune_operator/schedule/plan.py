@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from croniter import croniter
 
-from prune_job.spec import API_VERSION, ActiveRef, Condition, PruneScheduleSpec, PruneScheduleStatus
-from prune_operator.conditions import Event, condition, describe_problems, format_time, parse_time
+from prune_job.spec import API_VERSION, ActiveRef, PruneScheduleSpec, PruneScheduleStatus
+from prune_operator import parents
+from prune_operator.conditions import Event, describe_problems, format_time, parse_time
 
 SCHEDULE_LABEL = "pruning.dev/schedule"
 SCHEDULED_AT_ANNOTATION = "pruning.dev/scheduled-at"
@@ -148,14 +149,7 @@ def earliest_time(spec: PruneScheduleSpec, status: PruneScheduleStatus, created:
 # ---------------------------------------------------------------- conditions
 
 
-def set_condition(
-    conditions: Iterable[Condition], type_: str, status: str, reason: str, message: str, now: datetime,
-    generation: Optional[int] = None,
-) -> list[Condition]:
-    """Replace the condition of `type_` (conditions.condition: lastTransitionTime changes only with status)."""
-    others = [c for c in conditions if c.type != type_]
-    previous = next((c.model_dump(by_alias=True) for c in conditions if c.type == type_), None)
-    return [*others, Condition.model_validate(condition(type_, status, reason, message, previous, generation, now))]
+set_condition = parents.set_condition
 
 
 # ---------------------------------------------------------------- the reconciliation
@@ -277,13 +271,7 @@ def child_from_object(obj: dict[str, Any]) -> Child:
 
 def owned_by(obj: dict[str, Any], schedule_uid: Optional[str], schedule_name: str) -> bool:
     """A child carries the schedule label and, where uids exist, an owner reference to it."""
-    meta = obj.get("metadata", {})
-    if (meta.get("labels") or {}).get(SCHEDULE_LABEL) != schedule_name:
-        return False
-    refs = meta.get("ownerReferences") or []
-    if not schedule_uid:
-        return True
-    return any(r.get("kind") == "PruneSchedule" and r.get("uid") == schedule_uid for r in refs)
+    return parents.owned_by(obj, SCHEDULE_LABEL, "PruneSchedule", schedule_uid, schedule_name)
 
 
 def prunejob_for_run(schedule: dict[str, Any], run: Run) -> dict[str, Any]:
@@ -292,10 +280,7 @@ def prunejob_for_run(schedule: dict[str, Any], run: Run) -> dict[str, Any]:
     meta = schedule["metadata"]
     template = schedule["spec"]["jobTemplate"]
     tmeta = template.get("metadata") or {}
-    owner = {"apiVersion": API_VERSION, "kind": "PruneSchedule", "name": meta["name"],
-             "controller": True, "blockOwnerDeletion": True}
-    if meta.get("uid"):
-        owner["uid"] = meta["uid"]
+    owner = parents.owner_reference("PruneSchedule", meta)
     return {
         "apiVersion": API_VERSION,
         "kind": "PruneJob",
@@ -313,14 +298,8 @@ def prunejob_for_run(schedule: dict[str, Any], run: Run) -> dict[str, Any]:
 # ---------------------------------------------------------------- status as a document
 
 
-def status_document(status: PruneScheduleStatus) -> dict[str, Any]:
-    """The status as stored in the object (camelCase, no nulls)."""
-    return status.model_dump(by_alias=True, mode="json", exclude_none=True)
-
-
-def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from `current` to `desired` (null deletes a field; lists are replaced)."""
-    return {**{key: None for key in current if key not in desired}, **desired}
+status_document = parents.status_document
+status_patch = parents.status_patch
 
 
 def refused_status(status: PruneScheduleStatus, problems: list[tuple[str, str]], now: datetime,

@@ -1,5 +1,6 @@
 -- Argo CD health check for pruning.dev/PruneJob.
--- Succeeded -> Healthy, Failed -> Degraded, Pending/Running -> Progressing,
+-- Succeeded -> Healthy (Degraded when the quality gate, condition QualityMet, is False;
+-- the checkpoint is kept either way), Failed -> Degraded, Pending/Running -> Progressing,
 -- Suspended -> Suspended; a status the controller wrote for an older
 -- generation (or no status yet) -> Progressing.
 local hs = {}
@@ -43,7 +44,11 @@ if generation ~= nil and (status.observedGeneration == nil or status.observedGen
 end
 
 local phase = status.phase
-if phase == "Succeeded" then
+local gate = condition(status, "QualityMet")
+if phase == "Succeeded" and gate ~= nil and gate.status == "False" then
+  hs.status = "Degraded"
+  hs.message = "Quality gate failed: " .. tostring(gate.message or gate.reason)
+elseif phase == "Succeeded" then
   hs.status = "Healthy"
   hs.message = "Pruned"
   local r = status.results

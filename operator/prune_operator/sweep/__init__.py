@@ -1,0 +1,1 @@
+"""The PruneSweep controller: handlers.py (thin) over plan.py (pure)."""

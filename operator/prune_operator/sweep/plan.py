@@ -1,0 +1,170 @@
+"""PruneSweep reconciliation as a pure function: which children to create now
+and the status to write, given the sweep and the PruneJobs it owns.
+
+- The grid (prune_job.sweep.grid) names every child deterministically, so an
+  operator restart or a lost status write never creates a child twice: a
+  child that exists is never created again (and the API server's 409 covers a
+  race).
+- At most `parallelism` children are unfinished at any time; the next ones in
+  grid order are created as earlier ones finish.
+- A failed child is a row with phase Failed and a Warning Event; the others
+  go on. The sweep is Complete when every child has finished, Failed (as a
+  whole) only when none succeeded.
+- Dense perplexity is measured once: once a child has reported a dense
+  perplexity that it measured itself, children created afterwards get it as
+  `evaluation.denseBaseline` (children already running measure their own).
+- The best child (prune_job.sweep.select) is chosen among the finished ones.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+from prune_job.spec import PruneSweepSpec, PruneSweepStatus
+from prune_job.sweep import grid as sweep_grid
+from prune_job.sweep.select import row, status_from_rows
+from prune_operator import parents
+from prune_operator.conditions import Event, describe_problems
+
+SWEEP_LABEL = "pruning.dev/sweep"
+COMBINATION_ANNOTATION = "pruning.dev/combination"
+FINISHED = ("Succeeded", "Failed")
+WAITING = "Waiting"  # a row whose child is not created yet
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the sweep needs to know of one PruneJob it owns."""
+
+    name: str
+    phase: Optional[str] = None
+    results: Optional[dict[str, Any]] = None
+    message: Optional[str] = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: PruneSweepStatus
+    create: tuple[sweep_grid.Child, ...] = ()
+    dense_baseline: Optional[dict[str, Any]] = None  # for the children created now
+    events: tuple[Event, ...] = ()
+
+
+@dataclass
+class _Draft:
+    status: PruneSweepStatus
+    events: list[Event] = field(default_factory=list)
+
+
+def reconcile(name: str, spec: PruneSweepSpec, status: PruneSweepStatus, children: list[Observed], now: datetime,
+              generation: Optional[int] = None) -> Plan:
+    grid = sweep_grid.plan_grid(name, spec.template, spec.matrix)
+    seen = {c.name: c for c in children}
+    active = sum(1 for c in grid.children if c.name in seen and not seen[c.name].finished)
+    waiting = [c for c in grid.children if c.name not in seen]
+    create = tuple(waiting[: max(0, spec.parallelism - active)])
+    rows = [_row(c, seen.get(c.name), c in create) for c in grid.children]
+    draft = _Draft(status_from_rows(rows, grid.skipped, spec.select))
+    draft.status.conditions = status.conditions
+    _track(draft, {r.child: r.phase for r in status.rows}, create)
+    _decide(draft, now, generation)
+    in_grid_order = [seen[c.name] for c in grid.children if c.name in seen]
+    return Plan(draft.status, create, dense_baseline(in_grid_order, name), tuple(draft.events))
+
+
+def _row(child: sweep_grid.Child, observed: Optional[Observed], creating: bool):
+    if observed is None:
+        return row(child.name, child.combination, "Pending" if creating else WAITING, None)
+    return row(child.name, child.combination, observed.phase or "Pending", observed.results,
+               observed.message if observed.phase == "Failed" else None)
+
+
+def _track(draft: _Draft, before: dict[str, str], create: tuple[sweep_grid.Child, ...]) -> None:
+    for child in create:
+        draft.events.append(Event("Normal", "ChildCreated", f"Created PruneJob {child.name} {child.combination}"))
+    for r in draft.status.rows:
+        if r.phase == "Failed" and before.get(r.child) != "Failed":
+            draft.events.append(Event("Warning", "ChildFailed", f"PruneJob {r.child} failed: {r.message or ''}".strip()))
+
+
+def _decide(draft: _Draft, now: datetime, generation: Optional[int]) -> None:
+    status = draft.status
+    was_complete = any(c.type == "Complete" and c.status == "True" for c in status.conditions)
+    complete = status.completed == status.total
+    status.observed_generation = generation
+    conds = parents.set_condition(status.conditions, "Accepted", "True", "Valid", "", now, generation)
+    failed = [r.child for r in status.rows if r.phase == "Failed"]
+    summary = f"{status.completed}/{status.total} children finished, {len(failed)} failed"
+    conds = parents.set_condition(conds, "Complete", "True" if complete else "False",
+                                  "AllFinished" if complete else "Running", summary, now, generation)
+    none_succeeded = complete and len(failed) == status.total
+    conds = parents.set_condition(conds, "Failed", "True" if none_succeeded else "False",
+                                  "AllChildrenFailed" if none_succeeded else "NotFailed",
+                                  summary if none_succeeded else "", now, generation)
+    status.conditions = conds
+    if complete and not was_complete:
+        best = status.best
+        if best is not None and best.child:
+            draft.events.append(Event("Normal", "Complete", f"{summary}; best: {best.child} ({best.why})"))
+        else:
+            draft.events.append(Event("Warning", "Complete", f"{summary}; {best.why if best else 'no best'}"))
+
+
+def dense_baseline(children: list[Observed], sweep: str) -> Optional[dict[str, Any]]:
+    """The dense perplexity that the first child (in `children`' order) to report one measured itself."""
+    for c in children:
+        ppl = (c.results or {}).get("perplexity") or {}
+        if ppl.get("dense") and not ppl.get("denseSource"):
+            return {"perplexity": ppl["dense"], "source": f"PruneJob {c.name} (sweep {sweep})"}
+    return None
+
+
+def refused_status(status: PruneSweepStatus, problems: list[tuple[str, str]], now: datetime,
+                   generation: Optional[int] = None) -> PruneSweepStatus:
+    refused = status.model_copy(deep=True)
+    refused.conditions = parents.set_condition(status.conditions, "Accepted", "False", "InvalidSpec",
+                                               describe_problems(problems), now, generation)
+    refused.observed_generation = generation
+    return refused
+
+
+# ---------------------------------------------------------------- objects in and out
+
+
+def observed_from_object(obj: dict[str, Any]) -> Observed:
+    status = obj.get("status") or {}
+    failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"),
+                  None)
+    return Observed(name=obj["metadata"]["name"], phase=status.get("phase"), results=status.get("results"),
+                    message=(failed or {}).get("message"))
+
+
+def prunejob_for_child(sweep: dict[str, Any], child: sweep_grid.Child,
+                       baseline: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The child PruneJob: the template as written with the combination's pruning fields, its own
+    output folder `<template output>/<child>/`, labelled and owned by the sweep."""
+    meta = sweep["metadata"]
+    spec = copy.deepcopy(sweep["spec"]["template"])
+    spec["pruning"] = {**(spec.get("pruning") or {}), **child.combination}
+    spec["output"] = {**spec["output"], "uri": sweep_grid.child_output(spec["output"]["uri"], child.name)}
+    if baseline is not None and (spec.get("evaluation") or {}).get("enabled", True):
+        spec["evaluation"] = {**(spec.get("evaluation") or {}), "denseBaseline": baseline}
+    return {
+        "apiVersion": "pruning.dev/v1alpha1",
+        "kind": "PruneJob",
+        "metadata": {
+            "name": child.name,
+            "namespace": meta.get("namespace"),
+            "labels": {SWEEP_LABEL: meta["name"]},
+            "annotations": {COMBINATION_ANNOTATION: json.dumps(child.combination, sort_keys=True)},
+            "ownerReferences": [parents.owner_reference("PruneSweep", meta)],
+        },
+        "spec": spec,
+    }
