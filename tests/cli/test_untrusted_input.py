@@ -11,6 +11,7 @@ import shutil
 import pytest
 import yaml
 
+from prune_job import exit_codes
 from prune_job.cli import main
 from prune_job.sources.uris import redact
 
@@ -224,7 +225,7 @@ def test_a_malformed_source_header_is_one_line_in_run(tmp_path, capsys, tiny_mod
     data[:8] = struct.pack("<Q", 10**12)
     shard.write_bytes(bytes(data))
     code, text = run_cli(capsys, "run", str(write_job(tmp_path, model)), "--no-progress")
-    assert code == 1 and f"{shard.name}: header length 1000000000000 does not fit" in text
+    assert code == exit_codes.PERMANENT and f"{shard.name}: header length 1000000000000 does not fit" in text
     assert "phase: Failed" in text
     assert_clean(text)
 

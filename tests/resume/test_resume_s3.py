@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from urllib3.exceptions import ProtocolError
 
 from prune_job.checkpoint import CheckpointError
 from prune_job.checkpoint.reader import load_pretrained
@@ -59,12 +60,20 @@ def setup(tmp_path, tiny_model_factory, s3, monkeypatch):
 def kill_when(proc, ready, timeout=120):
     """SIGKILL the worker once `ready()` (what the bucket holds) is true; the fault point holds it there."""
     deadline = time.monotonic() + timeout
-    while not ready():
+    while not _settled(ready):
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline
         time.sleep(0.1)
     proc.kill()
     proc.communicate()
+
+
+def _settled(ready) -> bool:
+    """ready(), or False when an object was replaced while this poll read it (the worker runs on)."""
+    try:
+        return ready()
+    except ProtocolError:
+        return False
 
 
 def journal_says(s3, prefix, blocks):
