@@ -188,14 +188,19 @@ def _finished(out_dir: Path, bucket: Optional[Bucket]) -> ResultsDetail:
 
 
 @contextlib.contextmanager
-def made_durable_on_interrupt(uploader: Any) -> Iterator[None]:
-    """On SIGTERM (`Interrupted`), wait for the uploads of the finished blocks and their journal."""
+def made_durable_on_interrupt(uploader: Any, journal: "BlockJournal") -> Iterator[None]:
+    """On SIGTERM (`Interrupted`), wait for the uploads of the finished blocks and their journal, and say
+    where a rerun resumes."""
     try:
         yield
     except Interrupted:
         disarm()
         if uploader is not None:
             uploader.close()
+        j = journal.journal
+        done = f"blocks 0-{j.blocks_done - 1} are" if j.blocks_done else "no block is"
+        log.warning("interrupted: %s durable in %s; a rerun resumes from block %d of %d", done,
+                    journal.out_dir if uploader is None else uploader.uri, j.blocks_done, j.blocks_total)
         raise
 
 

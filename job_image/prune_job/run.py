@@ -100,7 +100,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     journal = BlockJournal(out_dir, opened.journal, uploader)
     progress.resumed(opened.journal.resumed_from_block, opened.journal.resumes)
 
-    with made_durable_on_interrupt(uploader), CheckpointWriter(
+    with made_durable_on_interrupt(uploader, journal), CheckpointWriter(
             out_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
             on_file_written=journal.on_file_written) as writer:
         progress.stage("pruning", total=handle.num_blocks)
