@@ -174,28 +174,37 @@ def _finished(out_dir: Path, bucket: Optional[Bucket]) -> ResultsDetail:
     """A finished run of the same identity: its files verified, its results read, nothing pruned again."""
     from prune_job.checkpoint.reader import VerifiedFolder
 
-    if bucket is not None:
-        from prune_job import storage
-        from prune_job.sources.builtin import cache_root
+    if bucket is not None:  # each object's size and recorded sha256 against the manifest: nothing downloaded
+        from prune_job.checkpoint.manifest import manifest_entries, read_manifest
 
-        folder = storage.fetch_model(bucket.uploader.uri, cache_root() / "s3", bucket.store)
+        for entry in manifest_entries(read_manifest(out_dir)).values():
+            head = bucket.store.head(bucket.bucket, bucket.key(entry.name))
+            if head is None or head[0] != entry.size or head[1] != entry.sha256:
+                raise CheckpointError(f"{bucket.uploader.uri}{entry.name}: missing or not as {MANIFEST} lists it; "
+                                      "set spec.output.overwrite: true to write the checkpoint again")
         bucket.fetch(RESULTS_JSON, out_dir / RESULTS_JSON)
     else:
-        folder = out_dir
-    VerifiedFolder(folder).verify_all()
+        VerifiedFolder(out_dir).verify_all()
     log.info("%s already holds this run's finished checkpoint (verified); nothing to prune again", out_dir)
     return ResultsDetail.model_validate_json((out_dir / RESULTS_JSON).read_text())
 
 
 @contextlib.contextmanager
-def made_durable_on_interrupt(uploader: Any) -> Iterator[None]:
-    """On SIGTERM (`Interrupted`), wait for the uploads of the finished blocks and their journal."""
+def made_durable_on_interrupt(uploader: Any, journal: Optional["BlockJournal"]) -> Iterator[None]:
+    """On SIGTERM (`Interrupted`), wait for the uploads of the finished blocks and their journal, and say
+    where a rerun resumes."""
     try:
         yield
     except Interrupted:
         disarm()
         if uploader is not None:
             uploader.close()
+        if journal is None:  # a rank that writes no journal (distributed: not the writer)
+            raise
+        j = journal.journal
+        done = f"blocks 0-{j.blocks_done - 1} are" if j.blocks_done else "no block is"
+        log.warning("interrupted: %s durable in %s; a rerun resumes from block %d of %d", done,
+                    journal.out_dir if uploader is None else uploader.uri, j.blocks_done, j.blocks_total)
         raise
 
 

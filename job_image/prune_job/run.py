@@ -141,7 +141,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
         seconds_prune = time.perf_counter() - t_prune
     else:
         write_dir.mkdir(parents=True, exist_ok=True)
-        with made_durable_on_interrupt(uploader), CheckpointWriter(
+        with made_durable_on_interrupt(uploader, journal), CheckpointWriter(
                 write_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
                 on_file_written=journal.on_file_written if journal is not None else None) as writer:
             pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done, method=method,

@@ -100,3 +100,19 @@ def test_identity_mismatch_is_refused_naming_the_field_and_overwrite_starts_over
     assert "resuming" not in done.stderr and "retired" in done.stderr
     assert json.loads((out / "journal.json").read_text())["resumes"] == 0
     load_pretrained(out)
+
+
+def test_overwrite_of_a_complete_checkpoint_retires_its_manifest_first(tmp_path, reference):
+    model, calib, _ = reference
+    out = tmp_path / "out"
+    assert run(write_job(tmp_path / "job.yaml", model, str(out), calib), tmp_path / "work").returncode == 0
+    other = write_job(tmp_path / "other.yaml", model, str(out), calib, pruning={"sparsity": 0.25},
+                      output={"overwrite": True})
+    assert run(other, tmp_path / "work", fault="block-written:0:kill").returncode == -9
+    assert not (out / "manifest.json").exists() and not (out / "journal.json").exists()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_pretrained(out)  # never the old manifest beside new shards
+    done = run(other, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "manifest.json").read_text())["pruning"]["sparsity"] == 0.25
+    load_pretrained(out)

@@ -122,3 +122,11 @@ def test_interrupted_overwrite_of_a_complete_checkpoint_loads_as_in_progress(tmp
     manifest = json.loads(bucket_files(s3, s3.bucket, "ref")["manifest.json"])
     assert manifest["pruning"]["sparsity"] == 0.25
     load_pretrained(f"s3://{s3.bucket}/ref/", cache_dir=tmp_path / "cache")
+
+
+def test_rerun_of_a_finished_s3_job_verifies_the_bucket_and_prunes_nothing(tmp_path, s3, setup):
+    job, ref = setup
+    again = run(job("ref", "ref"), tmp_path / "w-again", fault="block-written:0:kill", extra_env=s3.env())
+    assert again.returncode == 0, again.stderr  # the fault would kill a run that pruned again
+    assert "nothing to prune again" in again.stderr and "phase: Succeeded" in again.stdout
+    assert_same_bucket(ref, bucket_files(s3, s3.bucket, "ref"))

@@ -43,7 +43,7 @@ def test_sigterm_abandons_a_long_block_within_the_grace_period(tmp_path, referen
     _, stderr = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < GRACE
     assert proc.returncode == exit_codes.INTERRUPTED, stderr
-    assert "abandoned" in stderr and "resumes" in stderr
+    assert "abandoned" in stderr and "a rerun resumes from block 1 of 4" in stderr
     assert not list(out.glob("*.data")) and blocks_done(out) == 1
     again = run(spec, tmp_path / "work")
     assert again.returncode == 0, again.stderr
