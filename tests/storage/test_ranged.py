@@ -100,3 +100,44 @@ def test_a_header_pointing_outside_its_object_is_refused(bucket, tmp_path):
     store.upload(bad, bucket, "bad/model.safetensors")
     with pytest.raises(IntegrityError, match="outside the object"):
         RemoteWeightIndex(f"s3://{bucket}/bad/", store)
+
+
+def test_a_streamed_run_writes_what_a_downloaded_run_writes(remote_model, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from prune_job.cli import main
+
+    monkeypatch.setenv("PRUNE_JOB_CACHE", str(tmp_path / "cache"))
+    _, uri, _ = remote_model
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("\n".join(json.dumps({"input_ids": [(3 * i + j) % 256 for j in range(16)]}) for i in range(4)))
+    outs = {}
+    for stream in (False, True):
+        out = tmp_path / f"out-{stream}"
+        doc = {"kind": "PruneJob", "metadata": {"name": "streamed"},
+               "spec": {"model": {"uri": uri, "stream": stream}, "output": {"uri": str(out)},
+                        "pruning": {"method": "wanda", "sparsity": 0.5},
+                        "calibration": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                        "evaluation": {"perplexity": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                                       "generation": {"batchSizes": [1], "promptTokens": 4, "newTokens": 2,
+                                                      "repeats": 1}}}}
+        spec = tmp_path / f"job-{stream}.yaml"
+        spec.write_text(yaml.safe_dump(doc))
+        if stream:  # pruning read the tensors from the bucket: only the small files were stored
+            from prune_job.run import prepare
+            from prune_job.spec import parse_prunejob
+
+            prepared = prepare(parse_prunejob(doc))
+            assert prepared.model_dir.is_relative_to(tmp_path / "cache" / "s3-files")
+            assert (prepared.model_dir / "config.json").is_file()
+            assert not list(prepared.model_dir.glob("*.safetensors"))
+        assert main(["run", str(spec), "--no-progress", "--workdir", str(tmp_path / f"w-{stream}")]) == 0
+        outs[stream] = out
+    shards = sorted(p.name for p in outs[False].glob("*.safetensors"))
+    assert shards and shards == sorted(p.name for p in outs[True].glob("*.safetensors"))
+    for name in shards:
+        assert (outs[False] / name).read_bytes() == (outs[True] / name).read_bytes()
+    ppl = [json.loads((outs[s] / "results.json").read_text())["perplexity"] for s in (False, True)]
+    assert ppl[0] == ppl[1]

@@ -18,6 +18,7 @@ a local folder, which is all `open_model` reads from disk.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -172,3 +173,11 @@ def fetch_model_files(uri: str, dest: Path, store: Optional[S3Store] = None) -> 
 def plan_blocks(index: RemoteWeightIndex, handle) -> None:
     """Tell the index the pipeline's block order (ModelHandle's blocks and their stored keys)."""
     index.plan([[key for _, key in handle.state_keys(handle.block_prefix(i))] for i in range(handle.num_blocks)])
+
+
+def streamed_model(uri: str, cache_dir: Path, store: Optional[S3Store] = None) -> tuple[Path, RemoteWeightIndex]:
+    """(a folder with the model's small files, the index that reads its tensors from the bucket).
+    The folder is named by a digest of the URI: names from the bucket never become paths."""
+    store = store or S3Store()
+    folder = fetch_model_files(uri, Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:24], store)
+    return folder, RemoteWeightIndex(uri, store)
