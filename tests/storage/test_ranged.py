@@ -141,3 +141,35 @@ def test_a_streamed_run_writes_what_a_downloaded_run_writes(remote_model, tmp_pa
         assert (outs[False] / name).read_bytes() == (outs[True] / name).read_bytes()
     ppl = [json.loads((outs[s] / "results.json").read_text())["perplexity"] for s in (False, True)]
     assert ppl[0] == ppl[1]
+
+
+def test_two_ranks_stream_the_model(remote_model, s3_env, tmp_path):
+    """Each rank reads the block tensors from the bucket itself (`--nproc 2`, gloo)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from multirank.group import REPO
+
+    _, uri, _ = remote_model
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("\n".join(json.dumps({"input_ids": [(3 * i + j) % 256 for j in range(16)]}) for i in range(4)))
+    doc = {"kind": "PruneJob", "metadata": {"name": "streamed"},
+           "spec": {"model": {"uri": uri, "stream": True}, "output": {"uri": str(tmp_path / "out")},
+                    "pruning": {"method": "sparsegpt", "sparsity": 0.5, "blockSize": 16},
+                    "calibration": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                    "evaluation": {"enabled": False}}}
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    env = dict(os.environ, **s3_env.env(), PRUNE_JOB_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(REPO / "job_image"), str(REPO / "operator")]))
+    run = subprocess.run([sys.executable, "-m", "prune_job", "run", str(spec), "--nproc", "2", "--no-progress",
+                          "--workdir", str(tmp_path / "w")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["sparsity"] == 0.5 and len(results["layers"]) == 21
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing of the model's weights on disk
