@@ -27,6 +27,7 @@ from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
 from prune_job.resume import BlockJournal, made_durable_on_interrupt, open_location
 from prune_job.sources.builtin import cache_root
 from prune_job.sources.model_config import config_problems
+from prune_job.storage.ranged import plan_blocks, streamed_model
 from prune_job.sources.models import output_dir, resolve_model
 from prune_job.sources.output import clear_if_asked, output_problems
 from prune_job.sources.texts import read_source
@@ -61,14 +62,20 @@ def prepare(job: PruneJob, fetch: Any = None, cache: Optional[dict] = None) -> P
     """`cache` (a sweep's, shared by its runs) keeps the resolved model and the calibration windows."""
     spec = job.spec
     cache = {} if cache is None else cache
-    model_dir = _cached(cache, ("model", spec.model.model_dump_json()), lambda: resolve_model(spec.model))
+    if spec.model.stream:  # only config and tokenizer on disk; tensors by ranged GETs, block by block
+        model_dir, index = streamed_model(spec.model.uri, cache_root() / "s3-files")
+    else:
+        model_dir = _cached(cache, ("model", spec.model.model_dump_json()), lambda: resolve_model(spec.model))
+        index = None
     problems = config_problems(model_dir, spec) + output_problems(job, model_dir)
     if problems:
         raise SpecError(problems)
     handle = open_model(
         model_dir, spec.model.dtype, default_device(), spec.model.allow_pickle,
-        spec.model.trust_remote_code, spec.model.blocks,
+        spec.model.trust_remote_code, spec.model.blocks, index=index,
     )
+    if index is not None:
+        plan_blocks(index, handle)
     check_targets(handle, spec.pruning)
     tokenizer = LazyTokenizer(model_dir, spec.model.trust_remote_code)
     windows: list[torch.Tensor] = []
@@ -158,7 +165,10 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     if spec.evaluation.enabled:
         progress.stage("evaluating")
         t_eval = time.perf_counter()
-        evaluation = evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=read_dir,
+        dense_dir = prepared.model_dir
+        if spec.model.stream:  # the dense weights were streamed, not stored: evaluation reads them from disk
+            dense_dir = first_on_each_node(world, lambda: resolve_model(spec.model))
+        evaluation = evaluate(job=job, dense_dir=dense_dir, sparse_dir=read_dir,
                               tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world)
         seconds_evaluate = time.perf_counter() - t_eval
     peak_host = distributed.peak_over_ranks(world, peak_host_bytes())

@@ -99,6 +99,10 @@ class ModelSource(ApiModel):
         None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
         description="hf:// only: Secret whose key `token` is the Hugging Face token (gated models); never printed",
     )
+    stream: bool = Field(
+        False, description="s3:// only: read each block's tensors from the bucket with verified ranged GETs, "
+        "the next block prefetched, instead of downloading the model first (it is downloaded for evaluation only)",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -110,6 +114,8 @@ class ModelSource(ApiModel):
         if self.credentials_secret and not self.uri.startswith("hf://"):
             raise ValueError("credentialsSecret (a Hugging Face token) applies to hf:// models only; "
                              "s3:// models use output.credentialsSecret's S3 credentials")
+        if self.stream and not self.uri.startswith("s3://"):
+            raise ValueError("stream (ranged reads from the bucket) applies to s3:// models only")
         return self
 
 

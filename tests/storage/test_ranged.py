@@ -1,0 +1,175 @@
+"""Block tensors straight from the bucket (nanio): verified ranged GETs, the next block
+prefetched, and pruning from them gives the bytes pruning from local files gives."""
+from __future__ import annotations
+
+import torch
+import pytest
+
+from prune_job.pipeline.model import WeightIndex, open_model
+from prune_job.pipeline.prune import prune_model
+from prune_job.spec import Pruning
+from prune_job.storage import S3Store
+from prune_job.storage.errors import IntegrityError
+from prune_job.storage.ranged import RemoteWeightIndex, fetch_model_files, plan_blocks
+from memory_sink import MemorySink
+
+
+@pytest.fixture
+def remote_model(bucket, tiny_model_factory):
+    folder = tiny_model_factory("llama", layers=3, hidden=64)
+    store = S3Store()
+    for path in folder.iterdir():
+        store.upload(path, bucket, f"models/tiny/{path.name}")
+    return folder, f"s3://{bucket}/models/tiny/", store
+
+
+def test_every_tensor_reads_as_the_local_file_holds_it(remote_model):
+    folder, uri, store = remote_model
+    local = WeightIndex(sorted(folder.glob("*.safetensors")))
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        assert set(remote.location) == set(local.location)
+        keys = sorted(local.location)
+        got, want = remote.read(keys), local.read(keys)
+        for key in keys:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+    finally:
+        remote.close()
+
+
+def test_pruning_from_the_bucket_matches_pruning_from_disk(remote_model, tmp_path):
+    folder, uri, store = remote_model
+    small = fetch_model_files(uri, tmp_path / "files", store)
+    assert not list(small.glob("*.safetensors")) and (small / "config.json").is_file()
+    pruning = Pruning(method="sparsegpt", sparsity=0.5, block_size=16)
+    batches = [torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))]
+    want = MemorySink()
+    prune_model(open_model(folder, device=torch.device("cpu")), pruning, batches, want)
+    remote = RemoteWeightIndex(uri, store)
+    handle = open_model(small, device=torch.device("cpu"), index=remote)
+    plan_blocks(remote, handle)
+    got = MemorySink()
+    try:
+        prune_model(handle, pruning, batches, got)
+    finally:
+        remote.close()
+    assert set(got.tensors) == set(want.tensors)
+    assert all(torch.equal(got.tensors[k], want.tensors[k]) for k in want.tensors)
+
+
+def test_reading_a_block_prefetches_the_next(remote_model, tmp_path):
+    _, uri, store = remote_model
+    remote = RemoteWeightIndex(uri, store)
+    handle = open_model(fetch_model_files(uri, tmp_path / "files", store), device=torch.device("cpu"), index=remote)
+    plan_blocks(remote, handle)
+    try:
+        block1 = {key for _, key in handle.state_keys(handle.block_prefix(1))}
+        handle.load_tree(handle.block_prefix(0))
+        assert block1 and block1 <= set(remote.pending)  # on their way while block 0 is pruned
+        handle.release_tree(handle.block_prefix(0))
+        handle.load_tree(handle.block_prefix(1))
+        assert not block1 & set(remote.pending)  # taken from the prefetch
+    finally:
+        remote.close()
+
+
+def test_an_object_replaced_mid_run_is_refused(remote_model, bucket, tmp_path):
+    folder, uri, store = remote_model
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        [weights] = sorted(folder.glob("*.safetensors"))
+        changed = tmp_path / weights.name
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        changed.write_bytes(bytes(data))
+        store.upload(changed, bucket, f"models/tiny/{weights.name}")
+        with pytest.raises(IntegrityError, match="changed while the model was read"):
+            remote.read([sorted(remote.location)[0]])
+    finally:
+        remote.close()
+
+
+def test_a_header_pointing_outside_its_object_is_refused(bucket, tmp_path):
+    import json
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)  # 8 of the 16 bytes
+    store = S3Store()
+    store.upload(bad, bucket, "bad/model.safetensors")
+    with pytest.raises(IntegrityError, match="outside the object"):
+        RemoteWeightIndex(f"s3://{bucket}/bad/", store)
+
+
+def test_a_streamed_run_writes_what_a_downloaded_run_writes(remote_model, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from prune_job.cli import main
+
+    monkeypatch.setenv("PRUNE_JOB_CACHE", str(tmp_path / "cache"))
+    _, uri, _ = remote_model
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("\n".join(json.dumps({"input_ids": [(3 * i + j) % 256 for j in range(16)]}) for i in range(4)))
+    outs = {}
+    for stream in (False, True):
+        out = tmp_path / f"out-{stream}"
+        doc = {"kind": "PruneJob", "metadata": {"name": "streamed"},
+               "spec": {"model": {"uri": uri, "stream": stream}, "output": {"uri": str(out)},
+                        "pruning": {"method": "wanda", "sparsity": 0.5},
+                        "calibration": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                        "evaluation": {"perplexity": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                                       "generation": {"batchSizes": [1], "promptTokens": 4, "newTokens": 2,
+                                                      "repeats": 1}}}}
+        spec = tmp_path / f"job-{stream}.yaml"
+        spec.write_text(yaml.safe_dump(doc))
+        if stream:  # pruning read the tensors from the bucket: only the small files were stored
+            from prune_job.run import prepare
+            from prune_job.spec import parse_prunejob
+
+            prepared = prepare(parse_prunejob(doc))
+            assert prepared.model_dir.is_relative_to(tmp_path / "cache" / "s3-files")
+            assert (prepared.model_dir / "config.json").is_file()
+            assert not list(prepared.model_dir.glob("*.safetensors"))
+        assert main(["run", str(spec), "--no-progress", "--workdir", str(tmp_path / f"w-{stream}")]) == 0
+        outs[stream] = out
+    shards = sorted(p.name for p in outs[False].glob("*.safetensors"))
+    assert shards and shards == sorted(p.name for p in outs[True].glob("*.safetensors"))
+    for name in shards:
+        assert (outs[False] / name).read_bytes() == (outs[True] / name).read_bytes()
+    ppl = [json.loads((outs[s] / "results.json").read_text())["perplexity"] for s in (False, True)]
+    assert ppl[0] == ppl[1]
+
+
+def test_two_ranks_stream_the_model(remote_model, s3_env, tmp_path):
+    """Each rank reads the block tensors from the bucket itself (`--nproc 2`, gloo)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from multirank.group import REPO
+
+    _, uri, _ = remote_model
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("\n".join(json.dumps({"input_ids": [(3 * i + j) % 256 for j in range(16)]}) for i in range(4)))
+    doc = {"kind": "PruneJob", "metadata": {"name": "streamed"},
+           "spec": {"model": {"uri": uri, "stream": True}, "output": {"uri": str(tmp_path / "out")},
+                    "pruning": {"method": "sparsegpt", "sparsity": 0.5, "blockSize": 16},
+                    "calibration": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                    "evaluation": {"enabled": False}}}
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    env = dict(os.environ, **s3_env.env(), PRUNE_JOB_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(REPO / "job_image"), str(REPO / "operator")]))
+    run = subprocess.run([sys.executable, "-m", "prune_job", "run", str(spec), "--nproc", "2", "--no-progress",
+                          "--workdir", str(tmp_path / "w")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["sparsity"] == 0.5 and len(results["layers"]) == 21
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing of the model's weights on disk
