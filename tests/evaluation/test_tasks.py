@@ -89,9 +89,16 @@ def test_task_file_problems_name_what_is_wrong(tmp_path):
     missing.write_text(yaml.safe_dump({"task": "x", "dataset_path": "json",
                                        "dataset_kwargs": {"data_files": {"test": "nowhere.jsonl"}}}))
     assert "nowhere.jsonl" in task_file_problem(missing)
-    func = tmp_path / "func.yaml"  # read without running: a `!function` tag stays text
+    func = tmp_path / "func.yaml"  # read without running it, and refused: lm-eval would import utils.py
+    (tmp_path / "utils.py").write_text("raise SystemExit('ran')\n")
     func.write_text("task: x\ndataset_path: json\nprocess_docs: !function utils.boom\n")
-    assert "data_files" in task_file_problem(func)
+    assert "`!function` (process_docs) is refused" in task_file_problem(func)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("task: x\nmetric_list:\n  - metric: acc\n    aggregation: !function utils.agg\n")
+    assert "`!function` (metric_list[0].aggregation) is refused" in task_file_problem(nested)
+    included = tmp_path / "included.yaml"
+    included.write_text("task: x\ninclude: func.yaml\n")
+    assert "`include:` is refused" in task_file_problem(included)
     assert "does not exist" in task_file_problem(tmp_path / "none.yaml")
 
 
@@ -175,18 +182,32 @@ def test_run_measures_task_accuracy_dense_and_sparse(tmp_path, capsys, monkeypat
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     own = write_pydoc_cloze(tmp_path / "own", samples=30, seed=7)  # a local task file, as a user writes one
+    relative = tmp_path / "rel" / "relative.yaml"  # data files relative to the YAML's folder, not the cwd
+    relative.parent.mkdir()
+    shutil.copy(own.with_suffix(".jsonl"), relative.parent / "rows.jsonl")
+    config = yaml.safe_load(own.read_text())
+    local_rows = {"dataset_kwargs": {"data_files": {"test": "rows.jsonl"}}}
+    relative.write_text(yaml.safe_dump(config | {"task": "relative"} | local_rows))
+    broken = tmp_path / "broken" / "broken.yaml"  # passes validate, fails in lm-eval: its rows are not JSON
+    broken.parent.mkdir()
+    (broken.parent / "rows.jsonl").write_text("this is not JSON\n")
+    broken.write_text(yaml.safe_dump(config | {"task": "broken"} | local_rows))
+    names = ["builtin:pydoc-cloze", str(own), str(relative), str(broken)]
     evaluation = {"perplexity": {"uri": "builtin:pydoc-heldout", "samples": 2, "sequenceLength": 32},
                   "generation": {"enabled": False},
-                  "tasks": {"names": ["builtin:pydoc-cloze", str(own)], "limit": 12, "batchSize": 4}}
+                  "tasks": {"names": names, "limit": 12, "batchSize": 4}}
     spec = write_job(tmp_path, tiny_with_tokenizer, evaluation)
     assert main(["validate", str(spec)]) == 0
     assert main(["run", str(spec), "--no-progress"]) == 0
     out = capsys.readouterr().out
     status = yaml.safe_load(out[out.index("status:"):])["status"]
-    assert [t["task"] for t in status["results"]["tasks"]] == ["builtin:pydoc-cloze", str(own)]
+    assert [t["task"] for t in status["results"]["tasks"]] == names
     assert "builtin:pydoc-cloze accuracy" in out and "pydoc_cloze.yaml accuracy" in out
 
     results = json.loads((tmp_path / "out" / "results.json").read_text())
+    failed = results["tasks"].pop()  # recorded with its reason; the other figures stay
+    assert failed["dense"] is None and failed["sparse"] is None and failed["skipped"], failed
+    assert any(note.startswith(f"task {broken} (dense) not measured") for note in results["notes"])
     for task in results["tasks"]:
         assert task.get("skipped") is None, task
         assert 0.0 <= task["dense"] <= 1.0 and 0.0 <= task["sparse"] <= 1.0
@@ -194,13 +215,14 @@ def test_run_measures_task_accuracy_dense_and_sparse(tmp_path, capsys, monkeypat
         assert task["denseStderr"] > 0 and task["sparseStderr"] > 0
     detail = results["tasksDetail"]
     assert detail["sparseLoadedBy"] == "load_pretrained" and detail["limit"] == 12 and detail["numFewshot"] == 0
-    assert [t["documents"] for t in detail["tasks"]] == [12, 12] and detail["tasks"][1]["name"] == "pydoc_cloze"
+    assert [t["documents"] for t in detail["tasks"]] == [12, 12, 12, None] and detail["tasks"][1]["name"] == "pydoc_cloze"
     # lm-eval's figure is the direct computation's, for the dense model and for the sparse checkpoint as written
     tok = PreTrainedTokenizerFast.from_pretrained(tiny_with_tokenizer)
     dense = AutoModelForCausalLM.from_pretrained(tiny_with_tokenizer).eval()
     assert results["tasks"][1]["dense"] == pytest.approx(reference_accuracy(dense, tok, own, 12))
     sparse = load_pretrained(tmp_path / "out")
     assert results["tasks"][1]["sparse"] == pytest.approx(reference_accuracy(sparse, tok, own, 12))
+    assert results["tasks"][2]["dense"] == results["tasks"][1]["dense"]  # the same rows, relative to the YAML
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Task accuracy" in report and "pydoc_cloze" in report
     assert (tmp_path / "out" / "dense_vs_sparse.png").stat().st_size > 0

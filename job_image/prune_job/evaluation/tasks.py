@@ -62,10 +62,13 @@ def _measure(models: Any, tasks: TasksEval, tokenizer: Any, workdir: Path, progr
     scores: dict[str, Scores] = {}
     notes: list[str] = []
     loaded_by = "load_pretrained" if models.sparse_dir is not None else "the pruned state dict over the dense model"
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_defaults=any(isinstance(t, str) for t in resolved.values()))  # index once
     for variant in ("dense", "sparse"):
         model = _load(models, variant == "sparse")
         try:
-            scores[variant] = _score(model, tokenizer, resolved, tasks, progress, variant, notes)
+            scores[variant] = _score(model, tokenizer, resolved, tasks, manager, progress, variant, notes)
         finally:
             del model
             _free(models.device)
@@ -88,15 +91,13 @@ def _load(models: Any, sparse: bool) -> nn.Module:
     return models.load(sparse=sparse).eval()
 
 
-def _score(model: nn.Module, tokenizer: Any, resolved: dict[str, str], tasks: TasksEval, progress, variant: str,
-           notes: list[str]) -> Scores:
+def _score(model: nn.Module, tokenizer: Any, resolved: dict[str, Any], tasks: TasksEval, manager: Any, progress,
+           variant: str, notes: list[str]) -> Scores:
     """Every task on one model; a failing task is recorded, not raised."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=tasks.batch_size, device=str(model.device))
-    manager = TaskManager(include_defaults=any(not is_task_file(t) for t in resolved.values()))
     if progress is not None:
         progress.stage(f"tasks-{variant}", total=len(resolved), unit="task")
     out: Scores = {}

@@ -20,13 +20,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import yaml
 
 from prune_job.sources.texts import pydoc_text
 from prune_job.sources.uris import parse_uri
-from prune_job.spec import PruneJob, TasksEval
+from prune_job.spec import PruneJob, SpecError, TasksEval
 
 EXTRA = "pip install 'prune-operator[tasks]'"
 FIELD = "spec.evaluation.tasks"
@@ -77,6 +77,11 @@ def task_file_problem(path: Path) -> Optional[str]:
         return f"{path.name}: not a YAML task file ({str(err).splitlines()[0]})"
     if not isinstance(config, dict) or "task" not in config:
         return f"{path.name}: a task file is a mapping with a `task:` name (lm-eval's task YAML)"
+    runs_code = _functions(config, "")
+    if runs_code or "include" in config:
+        what = f"`!function` ({', '.join(runs_code)})" if runs_code else "`include:`"
+        return (f"{path.name}: {what} is refused in a task file: a local task is one self-contained YAML "
+                "that runs no code (doc_to_text/doc_to_choice/doc_to_target as fields or Jinja templates)")
     if config.get("dataset_path") != "json":
         return (f"{path.name}: dataset_path must be `json` with dataset_kwargs.data_files naming local "
                 f".json/.jsonl files (nothing is downloaded); got {config.get('dataset_path')!r}")
@@ -88,11 +93,26 @@ def task_file_problem(path: Path) -> Optional[str]:
     return None
 
 
+class _Function(str):
+    """A `!function module.name` tag, kept as text: lm-eval would import and run that module."""
+
+
 class _PlainLoader(yaml.SafeLoader):
-    """Reads a task YAML without running it: `!function` tags stay text."""
+    """Reads a task YAML without running it: `!function` tags become `_Function` text."""
 
 
-_PlainLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+_PlainLoader.add_constructor("!function", lambda loader, node: _Function(loader.construct_scalar(node)))
+
+
+def _functions(value: object, where: str) -> list[str]:
+    """Where (dotted keys) `!function` tags occur, at any depth."""
+    if isinstance(value, _Function):
+        return [where]
+    if isinstance(value, dict):
+        return [f for k, v in value.items() for f in _functions(v, f"{where}.{k}".lstrip("."))]
+    if isinstance(value, list):
+        return [f for k, v in enumerate(value) for f in _functions(v, f"{where}[{k}]")]
+    return []
 
 
 def data_files(config: dict, folder: Path) -> list[Path]:
@@ -162,19 +182,35 @@ def write_pydoc_cloze(folder: Path, samples: int = CLOZE_SAMPLES, seed: int = 0)
     return path
 
 
-def resolve_tasks(tasks: TasksEval, workdir: Path) -> list[str]:
-    """What lm-eval is given for each entry of `names`: a registered name as is, a task file's
-    local path, `builtin:pydoc-cloze` written into `workdir` first."""
-    resolved = []
+def resolve_tasks(tasks: TasksEval, workdir: Path) -> list[Union[str, dict]]:
+    """What lm-eval is given for each entry of `names`: a registered name as is; a task file as its
+    config, its data files made absolute (lm-eval would read relative ones from the current
+    directory); `builtin:pydoc-cloze` written into `workdir` first."""
+    resolved: list[Union[str, dict]] = []
     for name in tasks.names:
         uri = parse_uri(name) if (":" in name or is_task_file(name)) else None
-        if uri is not None and uri.scheme == "builtin":
-            resolved.append(str(write_pydoc_cloze(Path(workdir) / "tasks" / uri.authority)))
-        elif uri is not None:
-            resolved.append(str(uri.local_path()))
-        else:
+        if uri is None:
             resolved.append(name)
+            continue
+        path = write_pydoc_cloze(Path(workdir) / "tasks" / uri.authority) if uri.scheme == "builtin" \
+            else uri.local_path()
+        problem = task_file_problem(path)
+        if problem:
+            raise SpecError([(FIELD, problem)])
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_PlainLoader)
+        files = _absolute(config["dataset_kwargs"]["data_files"], path.parent)
+        config["dataset_kwargs"] = {**config["dataset_kwargs"], "data_files": files}
+        resolved.append(config)
     return resolved
+
+
+def _absolute(given: Union[str, list, dict], folder: Path) -> Union[str, list, dict]:
+    """`data_files` (a path, a list, or split -> path(s)) with each path absolute, the shape kept."""
+    if isinstance(given, dict):
+        return {split: _absolute(value, folder) for split, value in given.items()}
+    if isinstance(given, list):
+        return [_absolute(value, folder) for value in given]
+    return str((folder / given).resolve())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
