@@ -215,7 +215,8 @@ def test_run_measures_task_accuracy_dense_and_sparse(tmp_path, capsys, monkeypat
         assert task["denseStderr"] > 0 and task["sparseStderr"] > 0
     detail = results["tasksDetail"]
     assert detail["sparseLoadedBy"] == "load_pretrained" and detail["limit"] == 12 and detail["numFewshot"] == 0
-    assert [t["documents"] for t in detail["tasks"]] == [12, 12, 12, None] and detail["tasks"][1]["name"] == "pydoc_cloze"
+    assert [t["documents"] for t in detail["tasks"]] == [12, 12, 12, None]
+    assert detail["tasks"][1]["name"] == "pydoc_cloze"
     # lm-eval's figure is the direct computation's, for the dense model and for the sparse checkpoint as written
     tok = PreTrainedTokenizerFast.from_pretrained(tiny_with_tokenizer)
     dense = AutoModelForCausalLM.from_pretrained(tiny_with_tokenizer).eval()
