@@ -157,6 +157,24 @@ def test_bad_local_task_file_refused_by_validate(tmp_path, capsys, tiny_with_tok
     assert "spec.evaluation.tasks.names[0]" in err and "does not exist" in err
 
 
+def test_lm_eval_runs_offline_and_the_flags_are_restored(monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    from prune_job.evaluation.tasks import _offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    with _offline():  # the flags the libraries read at import, not only the environment
+        assert huggingface_hub.constants.is_offline_mode() and datasets.config.HF_HUB_OFFLINE
+        assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
+        with pytest.raises(ConnectionError):
+            datasets.utils.file_utils.fsspec_head("https://huggingface.co/datasets/x/resolve/main/y.json")
+    assert not huggingface_hub.constants.is_offline_mode() and not datasets.config.HF_HUB_OFFLINE
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
 # ---------------------------------------------------------------- end to end
 
 

@@ -56,14 +56,13 @@ def measure(models: Any, tasks: TasksEval, tokenizer: Any, progress: Any = None
 def _measure(models: Any, tasks: TasksEval, tokenizer: Any, workdir: Path, progress: Any
              ) -> tuple[list[TaskAccuracy], TasksDetail, list[str]]:
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
     t0 = time.perf_counter()
     resolved = dict(zip(tasks.names, resolve_tasks(tasks, workdir)))
     scores: dict[str, Scores] = {}
     notes: list[str] = []
     loaded_by = "load_pretrained" if models.sparse_dir is not None else "the pruned state dict over the dense model"
-    from lm_eval.tasks import TaskManager
-
     manager = TaskManager(include_defaults=any(isinstance(t, str) for t in resolved.values()))  # index once
     for variant in ("dense", "sparse"):
         model = _load(models, variant == "sparse")
@@ -121,13 +120,24 @@ def _score(model: nn.Module, tokenizer: Any, resolved: dict[str, Any], tasks: Ta
 
 @contextmanager
 def _offline() -> Iterator[None]:
-    """HF_DATASETS_OFFLINE / HF_HUB_OFFLINE for the duration of one lm-eval call."""
-    before = {k: os.environ.get(k) for k in OFFLINE}
+    """Nothing from a hub for the duration of one lm-eval call: HF_DATASETS_OFFLINE and HF_HUB_OFFLINE
+    set, and since huggingface_hub and datasets read them once, at import, their flags set too."""
+    import datasets
+    import huggingface_hub
+
+    flags = [(huggingface_hub.constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
+             (datasets.config, "HF_DATASETS_OFFLINE")]
+    env = {k: os.environ.get(k) for k in OFFLINE}
+    before = [getattr(module, name) for module, name in flags]
     os.environ.update(OFFLINE)
+    for module, name in flags:
+        setattr(module, name, True)
     try:
         yield
     finally:
-        for key, value in before.items():
+        for (module, name), value in zip(flags, before):
+            setattr(module, name, value)
+        for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
