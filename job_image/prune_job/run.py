@@ -30,6 +30,7 @@ from prune_job.sources.model_config import config_problems
 from prune_job.storage.ranged import plan_blocks, streamed_model
 from prune_job.sources.models import output_dir, resolve_model
 from prune_job.sources.output import clear_if_asked, output_problems
+from prune_job.sources.tasks import task_problems
 from prune_job.sources.texts import read_source
 from prune_job.sources.uris import parse_uri
 from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail, SpecError
@@ -115,7 +116,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     torch.manual_seed(spec.calibration.seed)
 
     progress.stage("resolving")
-    problems = output_problems(job)
+    problems = output_problems(job) + task_problems(job)
     if problems:
         raise SpecError(problems)
     prepared = first_on_each_node(world, lambda: prepare(job, _fetch, cache))
@@ -224,7 +225,8 @@ def assemble_results(job: PruneJob, prepared: Prepared, pruned: PruneResult, wri
     detail.artifact.manifest = parse_uri(spec.output.uri).join(written.manifest.name)
     if evaluation is not None:
         for name, value in vars(evaluation).items():
-            setattr(detail, name, value)
+            if value is not None:  # not measured (e.g. generation disabled): keep the results' empty default
+                setattr(detail, name, value)
     return detail
 
 

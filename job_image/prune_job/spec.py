@@ -26,6 +26,8 @@ MODEL_SCHEMES = ("builtin:", "s3://", "hf://", "pvc://", "file://")
 DATA_SCHEMES = ("builtin:", "s3://", "pvc://", "file://")
 BUILTIN_MODELS = ("smollm2-135m",)
 BUILTIN_TEXTS = ("pydoc", "pydoc-heldout")
+BUILTIN_TASKS = ("pydoc-cloze",)
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 NM_PATTERN = re.compile(r"^([0-9]+):([0-9]+)$")
 
 
@@ -322,10 +324,36 @@ class DenseBaseline(ApiModel):
     source: str = Field(description="who measured it (the PruneJob or run)")
 
 
+class TasksEval(ApiModel):
+    """Zero-shot multiple-choice accuracy of dense and sparse through lm-evaluation-harness
+    (the optional extra `pip install 'prune-operator[tasks]'`); nothing is downloaded."""
+
+    names: list[str] = Field(
+        min_length=1, description="each an lm-eval task name (its dataset already in the local datasets cache), "
+        "a local task YAML (/path/task.yaml, file://, pvc://) whose dataset is a local JSON/JSONL file, "
+        "or builtin:pydoc-cloze (next word among four, from held-out pydoc text)")
+    limit: Optional[int] = Field(200, ge=1, description="documents per task (the first N); null: all")
+    batch_size: int = Field(8, ge=1, le=1024, description="lm-eval's batch size, the same for dense and sparse")
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name.startswith("builtin:") or name.endswith((".yaml", ".yml")):
+                _check_uri(name, ("file://", "pvc://"), BUILTIN_TASKS)
+            elif not TASK_NAME.match(name):
+                raise ValueError(f"{name!r} is neither an lm-eval task name, a task .yaml file nor "
+                                 f"builtin:{' | builtin:'.join(BUILTIN_TASKS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a task is named twice")
+        return v
+
+
 class Evaluation(ApiModel):
     enabled: bool = True
     perplexity: PerplexityEval = Field(default_factory=PerplexityEval)
     generation: GenerationEval = Field(default_factory=GenerationEval)
+    tasks: Optional[TasksEval] = Field(None, description="task accuracy beside perplexity (lm-eval; optional extra)")
     gpu_hourly_cost: Optional[float] = Field(None, ge=0.0, description="USD per GPU hour; gives cost per million tokens")
     gate: Optional[Gate] = Field(None, description="quality limits; sets the condition QualityMet after evaluation")
     dense_baseline: Optional[DenseBaseline] = Field(
@@ -454,6 +482,16 @@ class PerplexityResult(DenseSparse):
     dense_source: Optional[str] = Field(None, description="where the dense figure came from when shared (a sweep)")
 
 
+class TaskAccuracy(DenseSparse):
+    """One task's zero-shot accuracy (0 to 1), dense and sparse on the same documents."""
+
+    task: str = Field(description="as named in spec.evaluation.tasks.names")
+    change_points: Optional[float] = Field(None, description="100 x (sparse - dense): accuracy change in points")
+    dense_stderr: Optional[float] = Field(None, description="lm-eval's standard error of the dense accuracy")
+    sparse_stderr: Optional[float] = None
+    skipped: Optional[str] = Field(None, description="why this task was not measured")
+
+
 class Spread(ApiModel):
     """One figure over the timed repetitions: the median is the figure, low/high its range."""
 
@@ -550,6 +588,7 @@ class Results(ApiModel):
     memory: MemoryResult = Field(default_factory=MemoryResult)
     seconds: SecondsResult = Field(default_factory=SecondsResult)
     artifact: ArtifactResult = Field(default_factory=ArtifactResult)
+    tasks: list[TaskAccuracy] = Field(default_factory=list, description="task accuracy (spec.evaluation.tasks)")
 
     def change(self, figure: str, variant: str = "sparse") -> Optional[Comparison]:
         """`variant` ("sparse" or "sparseKernel") against dense for `figure`: "costPerMillionTokens",
@@ -640,6 +679,27 @@ class EvaluationEnvironment(ApiModel):
     memory_isolation: Optional[str] = Field(None, description="how each variant's peak memory was kept apart")
 
 
+class TaskDetail(ApiModel):
+    """How one task ran: lm-eval's name for it, its metric, the documents scored."""
+
+    task: str
+    name: Optional[str] = Field(None, description="lm-eval's task name")
+    metric: str = "acc"
+    documents: Optional[int] = None
+
+
+class TasksDetail(ApiModel):
+    """How task accuracy was measured: the same settings for dense and sparse."""
+
+    lm_eval_version: str
+    limit: Optional[int] = None
+    batch_size: int
+    num_fewshot: int = 0
+    sparse_loaded_by: str = Field(description="how the sparse model was loaded (load_pretrained for a checkpoint)")
+    seconds: float = 0.0
+    tasks: list[TaskDetail] = Field(default_factory=list)
+
+
 class ResultsDetail(Results):
     """results.json: the status summary plus per-layer and per-batch detail.
     `summary()` is exactly what goes to `status.results`."""
@@ -655,6 +715,7 @@ class ResultsDetail(Results):
     generation_runs: list[GenerationRun] = Field(default_factory=list)
     generation_timeline: list[TimedRun] = Field(default_factory=list)
     environment: Optional[EvaluationEnvironment] = None
+    tasks_detail: Optional[TasksDetail] = None
     notes: list[str] = Field(default_factory=list)
 
     def summary(self) -> Results:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from prune_job.data import micro_batches, token_windows
-from prune_job.evaluation import footprint, generation, kernels
+from prune_job.evaluation import footprint, generation, kernels, tasks
 from prune_job.evaluation.interleave import measurement_order
 from prune_job.evaluation.perplexity import Perplexity, increase_percent, streamed_nll
 from prune_job.evaluation.summary import cost_summary, generation_summary
@@ -38,7 +38,7 @@ from prune_job.pipeline.model import DTYPES, ModelHandle, default_device, open_m
 from prune_job.sources.texts import read_source
 from prune_job.spec import (
     CostResult, EvaluationEnvironment, GenerationEval, GenerationResult, GenerationRun, PerplexityDetail,
-    PerplexityResult, PruneJob, TimedRun,
+    PerplexityResult, PruneJob, TaskAccuracy, TasksDetail, TimedRun,
 )
 
 
@@ -53,6 +53,8 @@ class Evaluation:
     generation_runs: list[GenerationRun] = field(default_factory=list)
     generation_timeline: list[TimedRun] = field(default_factory=list)
     cost_per_million_tokens: Optional[CostResult] = None
+    tasks: list[TaskAccuracy] = field(default_factory=list)
+    tasks_detail: Optional[TasksDetail] = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -113,6 +115,10 @@ def evaluate(
     perplexity(models, windows, result, job, progress, world)
     if world.is_writer:
         generate(models, job, result, progress)
+    if world.is_writer and spec.evaluation.tasks is not None:
+        _free(models.device)
+        result.tasks, result.tasks_detail, notes = tasks.measure(models, spec.evaluation.tasks, tokenizer, progress)
+        result.notes += notes
     return result
 
 

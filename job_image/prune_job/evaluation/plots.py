@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from prune_job.checkpoint.sparsity import layer_kind
+from prune_job.evaluation.tasks import short_name
 from prune_job.spec import ResultsDetail
 
 SPARSITY_PNG = "sparsity_by_block.png"
@@ -67,9 +68,12 @@ def comparison_plot(detail: ResultsDetail, path: Path) -> Path:
 
 def comparison_figure(detail: ResultsDetail):
     """Left: dense vs sparse perplexity. Right: tokens/s per batch size for each variant, the median
-    with its min-max range as error bars."""
-    fig = _figure(9, 4)
-    ax_ppl, ax_tps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    with its min-max range as error bars. With task accuracy measured, a third panel: accuracy per task."""
+    panels = 3 if detail.tasks else 2
+    fig = _figure(4.5 * panels, 4)
+    ax_ppl, ax_tps = fig.add_subplot(1, panels, 1), fig.add_subplot(1, panels, 2)
+    if detail.tasks:
+        _accuracy_bars(fig.add_subplot(1, panels, 3), detail)
     ppl = detail.perplexity
     if ppl.dense is not None and ppl.sparse is not None:
         bars = ax_ppl.bar(["dense", "sparse"], [ppl.dense, ppl.sparse], color=[VARIANTS[0][2], VARIANTS[1][2]])
@@ -102,6 +106,26 @@ def _throughput_bars(ax, detail: ResultsDetail) -> None:
     env = detail.environment
     kernels = "" if env is None or env.sparse_kernel else "\nno sparse kernel: both run the same dense kernels"
     ax.set_title(f"Generation throughput (median, min-max){kernels}", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def _accuracy_bars(ax, detail: ResultsDetail) -> None:
+    """Dense and sparse accuracy of each task (axis 0 to 1), lm-eval's standard error as error bars."""
+    measured = [t for t in detail.tasks if t.dense is not None and t.sparse is not None]
+    if not measured:
+        _empty(ax, "task accuracy not measured")
+        return
+    xs = range(len(measured))
+    for k, (variant, label, color) in enumerate(VARIANTS[:2]):
+        values = [getattr(t, variant) for t in measured]
+        errors = [getattr(t, f"{variant}_stderr") or 0.0 for t in measured]
+        bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], values, 0.4, yerr=errors, capsize=3, label=label,
+                      color=color, error_kw={"elinewidth": 1})
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(list(xs), [short_name(t.task).removeprefix("builtin:") for t in measured], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (higher is better)")
+    ax.set_title("Task accuracy (zero-shot, ± stderr)", fontsize=10)
     ax.legend(fontsize=8)
 
 

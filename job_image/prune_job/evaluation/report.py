@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+from prune_job.evaluation import tasks
 from prune_job.evaluation.plots import COMPARISON_PNG, SPARSITY_PNG, comparison_plot, sparsity_plot
 from prune_job.checkpoint.sparsity import layer_kind
 from prune_job.evaluation.spread import MIN_SAMPLES
@@ -102,7 +103,7 @@ def summary_rows(results: Results) -> list[list[str]]:
         rows += _generation_rows(gen)
     if cost.dense is not None or cost.sparse is not None:
         rows.append(_cost_row(results))
-    return rows
+    return rows + tasks.summary_rows(results)
 
 
 def _trailer(results: Results) -> list[str]:
@@ -180,6 +181,7 @@ def render_markdown(detail: ResultsDetail) -> str:
         p = detail.perplexity_detail
         lines += ["## Perplexity", "", f"{p.windows} windows of {p.sequence_length} tokens from `{p.source}` "
                   f"({p.tokens} predicted tokens per model, {p.method} forward, same windows for both).", ""]
+    lines += tasks.report_section(detail)
     lines += ["## Generation", ""]
     if detail.environment and detail.generation_runs:
         lines += [_method_text(detail), ""]

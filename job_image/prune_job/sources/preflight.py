@@ -11,6 +11,7 @@ from prune_job.sources.builtin import builtin_problem
 from prune_job.sources.model_config import config_problems
 from prune_job.sources.models import ModelFormatError, model_folder_problem, weight_files
 from prune_job.sources.output import output_problems
+from prune_job.sources.tasks import task_problems
 from prune_job.sources.texts import data_file_problem
 from prune_job.sources.uris import parse_uri
 from prune_job.spec import PruneJob, SpecError
@@ -67,4 +68,5 @@ def preflight(job: PruneJob) -> Problems:
         problems += check_data(spec.calibration.uri, "spec.calibration.uri")
     if spec.evaluation.enabled:
         problems += check_data(spec.evaluation.perplexity.uri, "spec.evaluation.perplexity.uri")
+        problems += task_problems(job)
     return problems
