@@ -10,6 +10,7 @@ model folder must hold: the runtime loader and `prune-job validate` both ask the
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -81,6 +82,9 @@ def weight_files(model_dir: Path, allow_pickle: bool) -> list[Path]:
 
 
 def output_dir(uri: str, workdir: Path) -> Path:
-    """Local folder the checkpoint is written to (a staging folder for s3://)."""
+    """Local folder the checkpoint is written to: for s3://, a staging folder of its own per URI, so
+    that files another job left in the same workdir are never uploaded under this prefix."""
     parsed = parse_uri(uri)
-    return workdir / "output" if parsed.is_remote else parsed.local_path()
+    if not parsed.is_remote:
+        return parsed.local_path()
+    return workdir / "output" / hashlib.sha256(uri.encode()).hexdigest()[:16]
