@@ -23,7 +23,7 @@ def test_sweep_on_smollm2(tmp_path):
                 "calibration": {"uri": "builtin:pydoc", "samples": 16, "sequenceLength": 256},
                 "output": {"uri": str(tmp_path / "out"), "format": "compressed"},
                 "evaluation": {"perplexity": {"uri": "builtin:pydoc-heldout", "samples": 8, "sequenceLength": 256},
-                               "generation": {"batchSizes": [1], "promptTokens": 16, "newTokens": 8, "repeats": 1}},
+                               "generation": {"enabled": False}},  # speed is not what this test is about
             },
             "matrix": {"method": ["wanda", "sparsegpt"], "sparsity": [0.3, 0.5, 0.7]},
             "select": {"objective": "maxSparsity", "maxPerplexityIncreasePercent": LIMIT},
