@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
@@ -121,10 +122,8 @@ def fetch_shards(job: PruneJob, journal: Journal, folder: Path) -> None:
     from prune_job.storage import S3Store, parse_s3_uri
 
     folder.mkdir(parents=True, exist_ok=True)
-    store = S3Store()
     bucket_name, prefix = parse_s3_uri(job.spec.output.uri)
-    bucket = Bucket.__new__(Bucket)
-    bucket.store, bucket.bucket, bucket.prefix, bucket.uploader = store, bucket_name, prefix, None
+    bucket = Bucket(SimpleNamespace(store=S3Store(), bucket=bucket_name, prefix=prefix))  # reads only: no uploader
     remote = bucket.names()
     for entry in journal.files:
         path = folder / entry.name

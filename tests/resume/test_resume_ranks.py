@@ -10,6 +10,7 @@ from resume_helpers import assert_same_checkpoint, calibration_ids, env, write_j
 LAYERS = 4
 
 
+
 def run_ranks(spec, workdir, fault=None, timeout=240):
     return subprocess.run([sys.executable, "-m", "prune_job", "run", str(spec), "--nproc", "2", "--no-progress",
                            "--workdir", str(workdir)], env=env(fault, {"MKL_NUM_THREADS": "1",
@@ -40,3 +41,70 @@ def test_two_ranks_killed_after_block_1_resume_byte_identical(tmp_path, tiny_mod
     assert "already holds this run's finished checkpoint" in finished.stderr
     assert json.loads((tmp_path / "out" / "results.json").read_text())["layers"] == \
         json.loads((tmp_path / "ref" / "results.json").read_text())["layers"]
+
+
+def test_two_nodes_resume_an_s3_output_each_from_the_bucket(tmp_path, tiny_model_factory, s3):
+    """s3:// output: the group (one pod, two ranks) is killed after block 1's journal reached the bucket;
+    the rerun is two pods of one rank each, both with empty scratch: rank 1 (node 1) fetches the finished
+    blocks' shards from the bucket into its own scratch, and the bucket ends as the uninterrupted run's."""
+    import os
+    import signal
+    import time
+
+    from multirank.group import free_port, rank_env
+    from multirank.test_nproc_cli import rank_pid
+    from test_resume_s3 import assert_same_bucket, bucket_files, journal_says
+
+    model = tiny_model_factory("llama", layers=LAYERS)
+    calib = calibration_ids(tmp_path / "calib.jsonl")
+    extra = {**s3.env(), "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def job(prefix):
+        return write_job(tmp_path / f"{prefix}.yaml", model, f"s3://{s3.bucket}/{prefix}/", calib)
+
+    def cli(spec, workdir):
+        return [sys.executable, "-m", "prune_job", "run", str(spec), "--no-progress", "--workdir", str(workdir)]
+
+    ref = subprocess.run(cli(job("ref"), tmp_path / "w-ref") + ["--nproc", "2"], env=env(None, extra),
+                         capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+
+    spec = job("run")
+    proc = subprocess.Popen(cli(spec, tmp_path / "w") + ["--nproc", "2"], env=env("block-committed:1:sleep60", extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, deadline = journal_says(s3, "run", 2), time.monotonic() + 180
+        while not ready():
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:  # SIGKILL of every rank (each in a session of its own under torchrun), then the launcher ends
+        for rank in (0, 1):
+            pid = rank_pid(proc.pid, rank)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=120)
+
+    port = free_port()
+    ranks = []
+    for rank in range(2):
+        e = rank_env(rank, 2, port, local_size=1)  # two nodes: GROUP_RANK = rank
+        e.update(extra)
+        e.pop("PRUNE_JOB_FAULT", None)
+        ranks.append(subprocess.Popen(cli(spec, tmp_path / f"pod{rank}"), env=e, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    errs = []
+    try:
+        for r, p in enumerate(ranks):
+            _, err = p.communicate(timeout=240)
+            errs.append(err)
+            assert p.returncode == 0, f"rank {r}:\n{err[-4000:]}"
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert f"resuming from block 2 of {LAYERS}" in errs[0]
+    fetched = sorted(p.name for p in (tmp_path / "pod1" / "resume-shards").iterdir())
+    assert fetched and all(name.endswith(".safetensors") for name in fetched)
+    assert_same_bucket(bucket_files(s3, s3.bucket, "ref"), bucket_files(s3, s3.bucket, "run"))
