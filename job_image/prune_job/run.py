@@ -25,6 +25,7 @@ from prune_job.pipeline.distributed import SingleProcess, World, first_on_each_n
 from prune_job.pipeline.model import ModelHandle, default_device, open_model
 from prune_job.pipeline.prune import PruneResult, check_targets, prune_model
 from prune_job.resume import BlockJournal, made_durable_on_interrupt, open_location
+from prune_job.resume_ranks import FINISHED, decide, replay_journal
 from prune_job.sources.builtin import cache_root
 from prune_job.sources.model_config import config_problems
 from prune_job.storage.ranged import plan_blocks, streamed_model
@@ -124,7 +125,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     handle = prepared.handle
     out_dir = output_dir(spec.output.uri, workdir)
     write_dir, read_dir = distributed.checkpoint_dirs(world, out_dir, workdir, spec.evaluation.enabled)
-    uploader, journal = None, None
+    uploader, journal, opened = None, None, None
     if world.is_writer:
         clear_if_asked(job)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,10 +134,14 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
         opened = open_location(job, prepared.model_dir, prepared.windows, handle.num_blocks, out_dir, uploader)
         if opened.finished is not None and world.size == 1:
             return _report_finished(opened.finished, uploader, progress, reporter)
-        if world.size > 1 and (opened.finished is not None or opened.journal.blocks_done > 0):
-            # TODO(issue 13 + 11): every rank must replay the finished blocks; until then, say so.
-            raise RuntimeError(f"{out_dir} holds a journal of an earlier run; resuming a run of several ranks "
-                               "is not supported yet: rerun with one rank, or set output.overwrite: true")
+    replay = None
+    if world.size > 1:  # rank 0's decision on every rank; each replays its share (resume_ranks.py)
+        decision, shared = decide(world, opened)
+        if decision == FINISHED:
+            return _report_finished(opened.finished, uploader, progress, reporter) if world.is_writer else None
+        if decision > 0:
+            replay = replay_journal(world, job, shared, out_dir, workdir, read_dir)
+    if world.is_writer:
         journal = BlockJournal(out_dir, opened.journal, uploader)
         progress.resumed(opened.journal.resumed_from_block, opened.journal.resumes)
 
@@ -145,15 +150,16 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     batches = micro_batches(world.share(prepared.windows), micro_batch_tokens(handle.device))
     method = distributed.method_for(world, spec.pruning)
     if write_dir is None:
-        pruned, written = prune_model(handle, spec.pruning, batches, None, method=method), None
+        pruned, written = prune_model(handle, spec.pruning, batches, None, method=method, journal=replay), None
         seconds_prune = time.perf_counter() - t_prune
     else:
         write_dir.mkdir(parents=True, exist_ok=True)
         with made_durable_on_interrupt(uploader, journal), CheckpointWriter(
                 write_dir, format=spec.output.format, max_shard_bytes=spec.output.max_shard_bytes,
                 on_file_written=journal.on_file_written if journal is not None else None) as writer:
+            journal_of_rank = journal or replay  # a replica (another node) continues after the finished blocks
             pruned = prune_model(handle, spec.pruning, batches, writer, on_block=progress.block_done, method=method,
-                                 journal=journal.attach(writer) if journal is not None else None)
+                                 journal=journal_of_rank.attach(writer) if journal_of_rank is not None else None)
             seconds_prune = time.perf_counter() - t_prune
             progress.stage("writing")
             for name in COPIED_FILES:

@@ -27,6 +27,10 @@ CASES = [
     {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4", "sequential": True, "blockSize": 16},
     {"method": "sparsegpt", "sparsity": 0.5, "pattern": "unstructured", "sequential": False, "blockSize": 16},
     {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4", "sequential": False, "blockSize": 16},
+    {"method": "wanda", "sparsity": 0.5, "pattern": "unstructured", "allocation": "owl"},
+    {"method": "wanda", "sparsity": 0.5, "pattern": "2:4", "permute": True, "permuteRounds": 5},
+    {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4", "sequential": True, "blockSize": 16, "permute": True,
+     "permuteRounds": 5},
 ]
 TOKENS_PER_BATCH = 64
 
@@ -62,7 +66,8 @@ def two_ranks(tiny_model_factory, tmp_path_factory):
 
 
 @pytest.mark.parametrize("k", range(len(CASES)), ids=[f"{c['method']}-{c['pattern']}-{c.get('sequential', '')}"
-                                                     for c in CASES])
+                                                     f"{'-owl' if c.get('allocation') else ''}"
+                                                     f"{'-permute' if c.get('permute') else ''}" for c in CASES])
 def test_two_ranks_match_one(two_ranks, k):
     model, ws, results = two_ranks
     pruning = Pruning.model_validate(CASES[k])
@@ -80,6 +85,14 @@ def test_two_ranks_match_one(two_ranks, k):
     assert agree / total >= 0.995, f"only {agree / total:.4%} of mask entries agree"
     if pruning.method == "magnitude":
         assert agree == total
+    if pruning.allocation == "owl":  # the blocks' own sparsities (equal per layer above), not all the target
+        per_block = {}
+        for name, w in two.items():
+            if name.endswith("proj.weight"):
+                block = name.split(".layers.")[1].split(".")[0]
+                zeros, size = per_block.get(block, (0, 0))
+                per_block[block] = (zeros + int((w == 0).sum()), size + w.numel())
+        assert len({round(z / n, 3) for z, n in per_block.values()}) > 1, per_block
     ids = torch.stack(windows(4, 32, seed=9))
     l1, l2 = loss(model, one, ids), loss(model, two, ids)
     assert abs(math.exp(l2) / math.exp(l1) - 1) < 0.005

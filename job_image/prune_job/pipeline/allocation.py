@@ -12,14 +12,19 @@ from __future__ import annotations
 
 from prune_job.algorithms.owl import OutlierCount, owl_sparsities
 from prune_job.algorithms.wanda import WandaStats
+from typing import Callable, Optional
+
 from prune_job.pipeline.forward import MicroBatch, advance
 from prune_job.pipeline.model import ModelHandle, select_targets
 from prune_job.pipeline.statistics import GroupCollector
 from prune_job.spec import Pruning
 
 
-def owl_block_sparsities(handle: ModelHandle, pruning: Pruning, inputs: list[MicroBatch]) -> list[float]:
-    """One sparsity per decoder block; `inputs` (block 0's) are left untouched."""
+def owl_block_sparsities(handle: ModelHandle, pruning: Pruning, inputs: list[MicroBatch],
+                         reduce: Optional[Callable[[list], None]] = None) -> list[float]:
+    """One sparsity per decoder block; `inputs` (block 0's) are left untouched. `reduce`: sums each
+    block's groups' norms over the ranks' calibration shares (pipeline/distributed.py), so every rank
+    computes the allocation of the whole calibration."""
     hidden = [MicroBatch(mb.hidden.clone(), mb.args, mb.kwargs, mb.hidden_in_kwargs) for mb in inputs]
     ratios, sizes = [], []
     for i in range(handle.num_blocks):
@@ -28,6 +33,8 @@ def owl_block_sparsities(handle: ModelHandle, pruning: Pruning, inputs: list[Mic
         block = handle.blocks[i]
         targets = select_targets(block, prefix, pruning.targets.include, pruning.targets.exclude)
         groups = GroupCollector(targets, lambda n, device: WandaStats(n, device=device)).run(block, hidden, handle.device)
+        if reduce is not None:
+            reduce(groups)
         count = OutlierCount(pruning.owl_m)
         for group in groups:
             for t in group.members:

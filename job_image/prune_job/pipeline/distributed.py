@@ -234,13 +234,13 @@ class DistributedMethod(Method):
     def __init__(self, pruning, world: World):
         super().__init__(pruning)
         self.world = world
-        if world.size > 1:
-            refuse_rank_local_options(pruning)
 
     def prune_groups(self, groups: list[Group]) -> None:
         world = self.world
         check_same_groups(world, groups)
         owners = assign_owners(groups, world.size)
+        if self.permuter is not None:  # the solver folds the consumer; producers wait for fold_permutations
+            self.permuter.defer_producers = True
         if self.pruning.needs_calibration:
             reduce_stats(world, groups, owners)
         for g, owner in zip(groups, owners):
@@ -250,20 +250,43 @@ class DistributedMethod(Method):
             g.stats = None
             for t in g.members:
                 broadcast_weight(world, t.module.weight.data, owner)
+        if self.permuter is not None:
+            fold_permutations(world, self.permuter, groups, owners)
+
+    def reduce_norms(self, groups: list[Group]) -> None:
+        """OWL's pre-pass: each group's Wanda norms (sums of squares) and token counts summed over all
+        ranks in fp64, on every rank, so every rank computes the same allocation (world size 1: exact)."""
+        world = self.world
+        check_same_groups(world, groups)
+        counts = torch.tensor([g.stats.n for g in groups], dtype=torch.float64)
+        world.all_reduce(counts)
+        for g, total in zip(groups, counts.tolist()):
+            norms = g.stats.col_sq_norm
+            summed = norms.double()
+            world.all_reduce(summed)
+            norms.copy_(summed)
+            g.stats.n = int(total)
 
 
-def refuse_rank_local_options(pruning) -> None:
-    """Options whose decisions still come from one rank's statistics: refused with several ranks
-    until they are reduced like the statistics are (OWL's outlier ratios, the permutation's producers)."""
-    from prune_job.spec import SpecError
+def fold_permutations(world: World, permuter, groups: Sequence[Group], owners: Sequence[int]) -> None:
+    """permute: true over ranks. The consumer's solver searched its permutation and folded it into the
+    consumer (broadcast with the pruned weights); its producers' rows (gate/up, v, and their biases) are
+    permuted here on every rank, in group order, from the row permutation broadcast by the solver, after
+    the producers' own pruned weights arrived: the order one process folds them in."""
+    for g, owner in zip(groups, owners):
+        producers = permuter.producers_of(g.members)
+        if not producers:
+            continue
+        rows = producers[0].weight.shape[0]
+        perm = permuter.pending.pop(g.members[0].name, None) if world.rank == owner else None
+        sent = torch.full((rows,), -1, dtype=torch.int64)
+        if perm is not None:
+            sent.copy_(perm.to(torch.int64).cpu())
+        world.broadcast(sent, owner)
+        if int(sent[0]) >= 0:
+            from prune_job.pipeline.permute import permute_rows
 
-    problems = []
-    if pruning.allocation == "owl":
-        problems.append(("spec.pruning.allocation", "owl is not supported with several ranks yet; use uniform"))
-    if pruning.permute:
-        problems.append(("spec.pruning.permute", "not supported with several ranks yet"))
-    if problems:
-        raise SpecError(problems)
+            permute_rows(producers, sent.to(producers[0].weight.device))
 
 
 # ---------------------------------------------------------------- one PruneJob over a World (prune_job.run)

@@ -39,6 +39,8 @@ class ChannelPermuter:
         self.handle = handle
         self.pruning = pruning
         self.applied: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.defer_producers = False
+        self.pending: dict[str, torch.Tensor] = {}  # deferred: consumer name -> its producers' row permutation
 
     def fold(self, members: list[Target], stats: Any) -> None:
         """Permute the inputs of a group's single consumer layer, its statistics and its producers."""
@@ -55,11 +57,18 @@ class ChannelPermuter:
         target.set_weight(target.get_weight()[:, perm])
         _permute_stats(stats, perm)
         out_perm = perm if leaf == "down_proj" else self._kv_rows(perm)
-        for module in producers:
-            module.weight.data = module.weight.data[out_perm].contiguous()
-            if getattr(module, "bias", None) is not None:
-                module.bias.data = module.bias.data[out_perm].contiguous()
+        if self.defer_producers:  # several ranks: every rank folds it after the weights are shared
+            self.pending[target.name] = out_perm
+        else:
+            permute_rows(producers, out_perm)
         self.applied[target.name] = (perm, out_perm)
+
+    def producers_of(self, members: list[Target]) -> list[nn.Module]:
+        """The producers a fold of this group would permute (none when it folds nothing)."""
+        if len(members) != 1 or self.pruning.nm is None or members[0].transposed:
+            return []
+        parent, _, leaf = members[0].name.rpartition(".")
+        return self._producers(parent, leaf)
 
     def _producers(self, parent: str, leaf: str) -> list[nn.Module]:
         names = PRODUCERS.get(leaf, ())
@@ -118,6 +127,14 @@ class ChannelPermuter:
         n_heads, n_kv, hd = self._kv
         per_kv = n_heads // n_kv
         return torch.cat([perm[g * per_kv * hd : g * per_kv * hd + hd] - g * per_kv * hd + g * hd for g in range(n_kv)])
+
+
+def permute_rows(producers: list[nn.Module], out_perm: torch.Tensor) -> None:
+    """The producers' output rows (and biases) in the consumer's input order."""
+    for module in producers:
+        module.weight.data = module.weight.data[out_perm].contiguous()
+        if getattr(module, "bias", None) is not None:
+            module.bias.data = module.bias.data[out_perm].contiguous()
 
 
 def _permute_stats(stats: Any, perm: torch.Tensor) -> None:

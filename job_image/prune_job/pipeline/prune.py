@@ -85,6 +85,8 @@ class Method:
         self.block_sparsity: Optional[list[float]] = None
         self.permuter: Optional[ChannelPermuter] = None
 
+    reduce_norms = None  # OWL's norms summed over ranks (distributed.DistributedMethod)
+
     def make_stats(self, in_features: int, device: torch.device):
         if not recipe.needs_hessian(self.pruning):
             return algorithms.WandaStats(in_features, device=device)
@@ -189,7 +191,7 @@ def prune_model(
         inputs = capture_block_inputs(handle, batches)
         handle.release_outer()  # the embeddings are not needed again until write_outer reads them from disk
         if pruning.allocation == "owl":  # from the dense model's activations, before any replay
-            method.block_sparsity = owl_block_sparsities(handle, pruning, inputs)
+            method.block_sparsity = owl_block_sparsities(handle, pruning, inputs, method.reduce_norms)
         if journal is not None:
             journal.replay(handle, inputs)
     for i in range(start_block, handle.num_blocks):
