@@ -29,7 +29,7 @@ from prune_job.sources.builtin import cache_root
 from prune_job.sources.models import output_dir, resolve_model
 from prune_job.sources.texts import read_source
 from prune_job.sources.uris import parse_uri
-from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail
+from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail, StageSeconds
 from prune_job.status import NullReporter, RunProgress, StatusReporter
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
 
     detail = assemble_results(job, prepared, pruned, written, evaluation)
     detail.seconds.prune = seconds_prune
+    detail.seconds.stages = StageSeconds(**pruned.clock.breakdown(seconds_prune)) if pruned.clock else None
     detail.seconds.evaluate = seconds_evaluate
     detail.seconds.total = time.perf_counter() - t_start
     detail.memory.peak_host_bytes = peak_host

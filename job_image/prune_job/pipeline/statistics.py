@@ -15,6 +15,7 @@ from torch import nn
 
 from prune_job.pipeline.forward import MicroBatch, StopForward
 from prune_job.pipeline.model import Target
+from prune_job.pipeline.stages import stage
 
 
 @dataclass
@@ -89,7 +90,7 @@ class GroupCollector:
                 h.remove()
 
     def run(self, block: nn.Module, inputs: list[MicroBatch], device: torch.device) -> list[Group]:
-        with self.hooked(), torch.no_grad():
+        with stage("statistics"), self.hooked(), torch.no_grad():
             for mb in inputs:
                 with contextlib.suppress(StopForward):
                     mb.call(block, device)
