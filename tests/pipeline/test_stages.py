@@ -72,3 +72,67 @@ def test_prune_model_reports_its_stages(tiny_model_factory, method):
     assert sum(s.values()) <= total
     assert stages._active is None  # the clock is active only while prune_model runs
     StageSeconds(**result.clock.breakdown(total))  # fits results.json's model
+
+
+def test_sequential_statistics_stop_at_the_group_leader(tiny_model_factory):
+    """After the first micro-batch has shown the group's members, the forward stops at the leader."""
+    from prune_job.pipeline.forward import capture_block_inputs
+    from prune_job.pipeline.prune import block_targets
+    from prune_job.pipeline.statistics import GroupCollector
+    from prune_job import algorithms
+
+    handle = open_model(tiny_model_factory("llama"), device=torch.device("cpu"))
+    pruning = Pruning(method="wanda", sparsity=0.5)
+    inputs = capture_block_inputs(handle, calibration(n=8))
+    assert len(inputs) == 4
+    handle.load_tree(handle.block_prefix(0))
+    targets = block_targets(handle, 0, pruning)
+    calls = {t.name.rsplit(".", 1)[1]: 0 for t in targets}
+
+    def count(name):
+        return lambda _module, _args: calls.__setitem__(name, calls[name] + 1)
+
+    hooks = [t.module.register_forward_pre_hook(count(t.name.rsplit(".", 1)[1])) for t in targets]
+    try:
+        found = GroupCollector(targets, lambda n, d: algorithms.WandaStats(n, d), first_group_only=True).run(
+            handle.blocks[0], inputs, handle.device)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sorted(found[0].names) == sorted(t.name for t in targets[:3])  # q, k, v
+    assert calls["q_proj"] == 4 and calls["k_proj"] == 1 and calls["v_proj"] == 1
+    assert calls["o_proj"] == 1 and calls["gate_proj"] == 0  # reached once while learning, where it stopped
+    assert found[0].stats.n == 4 * inputs[0].hidden.shape[0] * inputs[0].hidden.shape[1]
+
+
+def in_memory_sequential(path, pruning, batches):
+    """Reference: the whole model in memory; in each block, each group (q/k/v, o, gate/up, down) pruned
+    with Wanda from a full forward through everything pruned before it."""
+    from transformers import AutoModelForCausalLM
+    from prune_job import algorithms
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    groups = [("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)]
+    for block in model.model.layers:
+        for names in groups:
+            layers = [m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] in names]
+            stats = algorithms.WandaStats(layers[0].in_features)
+            hook = layers[0].register_forward_pre_hook(lambda mod, a: stats.add(a[0]))
+            with torch.no_grad():
+                for ids in batches:
+                    model(input_ids=ids, use_cache=False)
+            hook.remove()
+            for m in layers:
+                m.weight.data = algorithms.wanda_prune(m.weight.data, pruning.sparsity, None, stats)
+    return model.state_dict()
+
+
+def test_sequential_pipeline_matches_in_memory_reference(tiny_model_factory):
+    path = tiny_model_factory("llama", layers=2)
+    pruning = Pruning(method="wanda", sparsity=0.5, sequential=True)
+    batches = calibration(n=6)
+    sink = MemorySink()
+    prune_model(open_model(path, device=torch.device("cpu")), pruning, batches, sink)
+    expected = in_memory_sequential(path, pruning, batches)
+    for key, tensor in sink.tensors.items():
+        torch.testing.assert_close(tensor, expected[key], atol=1e-5, rtol=1e-5, msg=key)

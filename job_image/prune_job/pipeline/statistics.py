@@ -42,7 +42,8 @@ def _input_key(x: torch.Tensor) -> tuple:
 class GroupCollector:
     """Hooks that learn the groups on the first micro-batch and then feed each
     group's accumulator. With `first_group_only`, the forward is stopped as soon
-    as a layer outside the first group is reached (sequential pruning)."""
+    as a layer outside the first group is reached (sequential pruning), and after
+    the first micro-batch as soon as the group's leader has seen its input."""
 
     targets: list[Target]
     make_stats: Optional[Callable[[int, torch.device], Any]]
@@ -62,6 +63,8 @@ class GroupCollector:
                 raise StopForward
             if target is group.leader and group.stats is not None:
                 group.stats.add(x)
+            if self.first_group_only and not self._learning and target is group.leader:
+                raise StopForward  # the members are known and the leader has the input: the rest is not needed
 
         return hook
 
