@@ -8,6 +8,7 @@ CPU/wall (getrusage); minor and major page faults; results.json's
 loaded machine the proportions are what to read, not the absolute seconds.
 
     python benchmarks/profile_prune.py --method sparsegpt --samples 16 --seqlen 512 --threads 2
+    python benchmarks/profile_prune.py --method wanda --no-profile --floor   # and one forward on its own
     python benchmarks/profile_prune.py --tiny     # smoke test: a tiny random Llama, seconds
 """
 from __future__ import annotations
@@ -36,6 +37,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=25, help="functions listed by own time")
     p.add_argument("--no-profile", action="store_true", help="stages and rusage only (no cProfile overhead)")
     p.add_argument("--tiny", action="store_true", help="smoke test on a tiny random Llama")
+    p.add_argument("--floor", action="store_true",
+                   help="also time one forward of the calibration through the model, one block at a time (the "
+                        "floor: pruning needs two per block)")
     return p.parse_args(argv)
 
 
@@ -82,6 +86,20 @@ def stat_faults() -> tuple[int, int]:
     return int(fields[7]), int(fields[9])
 
 
+def one_forward_seconds(job) -> float:
+    """One forward of the job's calibration tokens through the dense model, block-streamed as pruning reads it."""
+    from prune_job.data import micro_batches
+    from prune_job.pipeline.forward import stream_forward
+    from prune_job.pipeline.memory import micro_batch_tokens
+    from prune_job.run import prepare
+
+    prepared = prepare(job)
+    batches = micro_batches(prepared.windows, micro_batch_tokens(prepared.handle.device))
+    t0 = time.perf_counter()
+    stream_forward(prepared.handle, batches)
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
     import torch
@@ -118,6 +136,10 @@ def main(argv: list[str]) -> int:
     if sec.stages is not None:
         for k, v in sec.stages.model_dump().items():
             print(f"  {k:11} {v:8.2f}  {100 * v / max(sec.prune, 1e-9):5.1f}%")
+    if a.floor:
+        floor = one_forward_seconds(job)
+        print(f"one forward of the calibration: {floor:.1f} s; pruning's floor (two per block) {2 * floor:.1f} s, "
+              f"seconds.prune is {sec.prune / (2 * floor):.2f}x that (load now {os.getloadavg()[0]:.2f})")
     if prof is not None:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(a.top)
