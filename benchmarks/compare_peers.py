@@ -307,6 +307,23 @@ def print_table(runs: list[dict], dense_ppl: float | None) -> None:
               + ("" if r.get("rc") == 0 else f"   FAILED rc={r.get('rc')} ({r.get('log')})"))
 
 
+def print_stages(runs: list[dict]) -> None:
+    """Ours: where seconds.prune went (results.json's seconds.stages), beside each peer's load+prune total."""
+    ours = [r for r in runs if r["tool"] == "ours" and (r.get("results_json") or {}).get("seconds", {}).get("stages")]
+    if not ours:
+        return
+    names = list(ours[0]["results_json"]["seconds"]["stages"])
+    print("\nours: prune seconds by stage (results.json seconds.stages), peers' load+prune total beside")
+    head = f"{'method':10} {'pattern':12} {'prune s':>8} " + " ".join(f"{n[:9]:>9}" for n in names) + "  peers"
+    print(head + "\n" + "-" * len(head))
+    for r in ours:
+        sec = r["results_json"]["seconds"]
+        peers = [p for p in runs if p["tool"] != "ours" and (p["method"], p["pattern"]) == (r["method"], r["pattern"])]
+        beside = ", ".join(f"{p['tool']} {fmt(p.get('prune_s'), '.1f')}" for p in peers)
+        print(f"{r['method']:10} {r['pattern']:12} {fmt(sec.get('prune'), '8.1f')} "
+              + " ".join(f"{sec['stages'].get(n, 0.0):9.1f}" for n in names) + f"  {beside}")
+
+
 def gb(b) -> float | None:
     return None if b is None else b / 1e9
 
@@ -368,6 +385,7 @@ def main(argv: list[str]) -> int:
     report["ratios"] = ratios(report["runs"])
     _save(a.json, report)
     print_table(report["runs"], report["dense"].get("perplexity"))
+    print_stages(report["runs"])
     print_ratios(report["ratios"])
     print(f"\nload average before {report['load_before']}, after {report['load_after']} ({os.cpu_count()} CPUs)")
     print(f"figures: {a.json}")

@@ -34,7 +34,7 @@ from prune_job.sources.output import clear_if_asked, output_problems
 from prune_job.sources.tasks import task_problems
 from prune_job.sources.texts import read_source
 from prune_job.sources.uris import parse_uri
-from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail, SpecError
+from prune_job.spec import CalibrationUsed, PruneJob, ResultsDetail, SpecError, StageSeconds
 from prune_job.status import NullReporter, RunProgress, StatusReporter
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
 
     detail = assemble_results(job, prepared, pruned, written, evaluation)
     detail.seconds.prune = seconds_prune
+    detail.seconds.stages = StageSeconds(**pruned.clock.breakdown(seconds_prune)) if pruned.clock else None
     detail.seconds.evaluate = seconds_evaluate
     detail.seconds.total = time.perf_counter() - t_start
     detail.memory.peak_host_bytes = peak_host

@@ -564,10 +564,26 @@ class MemoryResult(ApiModel):
     peak_device_bytes: int = 0
 
 
+class StageSeconds(ApiModel):
+    """Where `seconds.prune` went, on the pipeline's own thread (pipeline/stages.py); `other` is the rest."""
+
+    capture: float = Field(0.0, description="block 0's inputs: embeddings and the calibration through them")
+    read: float = Field(0.0, description="the blocks' weights read from the source files")
+    statistics: float = Field(0.0, description="the forwards through each block that feed the layer statistics")
+    factorise: float = Field(0.0, description="SparseGPT's damped-Hessian factorisations")
+    solve: float = Field(0.0, description="masks and weight updates, per layer")
+    propagate: float = Field(0.0, description="the forwards with the pruned weights (the next block's inputs)")
+    write: float = Field(0.0, description="checkpoint shards and journal commits")
+    trim: float = Field(0.0, description="freed memory returned to the system")
+    replay: float = Field(0.0, description="a resumed run's finished blocks forwarded again")
+    other: float = Field(0.0, description="seconds.prune less the stages above")
+
+
 class SecondsResult(ApiModel):
     prune: float = 0.0
     evaluate: float = 0.0
     total: float = 0.0
+    stages: Optional[StageSeconds] = None
 
 
 class ArtifactResult(ApiModel):

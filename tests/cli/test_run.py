@@ -32,6 +32,9 @@ def test_run_dense_output_loads_and_reports(tmp_path, capsys, tiny_model_factory
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(results["layers"]) == 14 and results["seconds"]["prune"] > 0
     assert results["memory"]["peakHostBytes"] > 0 and results["calibration"]["samples"] == 8
+    stages = results["seconds"]["stages"]  # where the pruning seconds went, adding up to seconds.prune
+    assert stages["statistics"] > 0 and stages["factorise"] > 0 and stages["solve"] > 0 and stages["write"] > 0
+    assert abs(sum(stages.values()) - results["seconds"]["prune"]) < 1e-2 and "prune seconds by stage:" in out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["sparsity"]["measured"] == results["sparsity"]  # one count: the writer's
     assert manifest["sparsity"]["layers"] == {layer["name"]: layer["sparsity"] for layer in results["layers"]}

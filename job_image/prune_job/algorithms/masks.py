@@ -101,6 +101,8 @@ def _keep_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     remove = scores < threshold
     tie = scores == threshold
     need = k - remove.sum(dim=1)  # how many tied entries each row still loses (>= 1)
+    if bool((tie.sum(dim=1) == need).all()):  # the usual case: every tie goes (no index order to resolve)
+        return ~remove.logical_or_(tie)
     rows, cols = tie.nonzero(as_tuple=True)  # row-major: ties of a row in column order
     counts = torch.bincount(rows, minlength=scores.shape[0])
     first = torch.cumsum(counts, 0) - counts

@@ -114,6 +114,9 @@ def _trailer(results: Results) -> list[str]:
         lines.append(f"checkpoint: {_bytes(art.bytes)} of {_bytes(art.dense_bytes)} dense{ratio}")
     sec = results.seconds
     lines.append(f"seconds: prune {sec.prune:.1f}, evaluate {sec.evaluate:.1f}, total {sec.total:.1f}")
+    if sec.stages is not None:
+        parts = [f"{k} {v:.1f}" for k, v in sec.stages.model_dump().items() if v >= 0.05]
+        lines.append("prune seconds by stage: " + (", ".join(parts) or "none over 0.05"))
     if results.generation.note:
         lines.append(f"note: {results.generation.note}")
     return lines

@@ -12,6 +12,8 @@ import functools
 
 import torch
 
+from prune_job.pipeline.stages import stage
+
 
 @functools.lru_cache(maxsize=1)
 def _libc_trim():
@@ -26,10 +28,11 @@ def _libc_trim():
 
 def release_freed_memory() -> None:
     trim = _libc_trim()
-    if trim is not None:
-        trim(0)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    with stage("trim"):
+        if trim is not None:
+            trim(0)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def micro_batch_tokens(device: torch.device) -> int:

@@ -19,6 +19,7 @@ from prune_job.pipeline.allocation import owl_block_sparsities
 from prune_job.pipeline.forward import MicroBatch, advance, capture_block_inputs
 from prune_job.pipeline.model import ModelHandle, Target, select_targets
 from prune_job.pipeline.permute import ChannelPermuter
+from prune_job.pipeline.stages import StageClock, stage, timed
 from prune_job.pipeline.statistics import Group, GroupCollector
 from prune_job.spec import LayerSparsity, Pattern, Pruning, SpecError
 
@@ -36,6 +37,7 @@ class PruneResult:
     """The pruned layers, as counted by the sink while writing them."""
 
     layers: list[LayerSparsity] = field(default_factory=list)
+    clock: Optional[StageClock] = None  # where the seconds went (pipeline/stages.py)
 
     @property
     def sparsity(self) -> float:
@@ -95,11 +97,14 @@ class Method:
     def prune_group(self, group: Group) -> None:
         p = self.pruning
         if self.permuter is not None:
-            self.permuter.fold(group.members, group.stats)
-        factor = recipe.layer_factor(p, group.stats.H) if p.method == "sparsegpt" else None
+            with stage("solve"):  # the permutation search is part of choosing the mask
+                self.permuter.fold(group.members, group.stats)
+        with stage("factorise"):
+            factor = recipe.layer_factor(p, group.stats.H) if p.method == "sparsegpt" else None
         for t in group.members:
             try:
-                new = recipe.prune_weight(t.get_weight(), p, self.sparsity, group.stats, factor)
+                with stage("solve"):
+                    new = recipe.prune_weight(t.get_weight(), p, self.sparsity, group.stats, factor)
             except algorithms.FactorizationError as err:
                 raise algorithms.FactorizationError(f"{t.name}: {err}") from None
             t.set_weight(new)
@@ -168,6 +173,7 @@ def write_outer(handle: ModelHandle, sink: TensorSink) -> None:
         sink.add(key, tensor.to(handle.dtype) if tensor.is_floating_point() else tensor)
 
 
+@timed
 def prune_model(
     handle: ModelHandle,
     pruning: Pruning,
@@ -188,26 +194,34 @@ def prune_model(
     start_block = journal.start_block if journal is not None else start_block
     inputs: list[MicroBatch] = []
     if pruning.needs_calibration:
-        inputs = capture_block_inputs(handle, batches)
-        handle.release_outer()  # the embeddings are not needed again until write_outer reads them from disk
+        with stage("capture"):
+            inputs = capture_block_inputs(handle, batches)
+            handle.release_outer()  # the embeddings are not needed again until write_outer reads them from disk
         if pruning.allocation == "owl":  # from the dense model's activations, before any replay
-            method.block_sparsity = owl_block_sparsities(handle, pruning, inputs, method.reduce_norms)
+            with stage("statistics"):
+                method.block_sparsity = owl_block_sparsities(handle, pruning, inputs, method.reduce_norms)
         if journal is not None:
-            journal.replay(handle, inputs)
+            with stage("replay"):
+                journal.replay(handle, inputs)
     for i in range(start_block, handle.num_blocks):
         t0 = time.perf_counter()
         prefix = handle.block_prefix(i)
-        handle.load_tree(prefix)
+        with stage("read"):
+            handle.load_tree(prefix)
         groups = prune_block(handle, i, inputs, method)
         if inputs and i + 1 < handle.num_blocks:
-            advance(handle.blocks[i], inputs, handle.device)
+            with stage("propagate"):
+                advance(handle.blocks[i], inputs, handle.device)
         if sink is not None:
-            result.layers += write_block(handle, i, groups, pruning.nm, sink)
+            with stage("write"):
+                result.layers += write_block(handle, i, groups, pruning.nm, sink)
         handle.release_tree(prefix)
         if journal is not None:
-            journal.commit(i, result.layers)
+            with stage("write"):
+                journal.commit(i, result.layers)
         if on_block:
             on_block(i + 1, handle.num_blocks, time.perf_counter() - t0)
     if sink is not None:
-        write_outer(handle, sink)
+        with stage("write"):
+            write_outer(handle, sink)
     return result

@@ -15,6 +15,7 @@ from torch import nn
 
 from prune_job.pipeline.forward import MicroBatch, StopForward
 from prune_job.pipeline.model import Target
+from prune_job.pipeline.stages import stage
 
 
 @dataclass
@@ -41,7 +42,8 @@ def _input_key(x: torch.Tensor) -> tuple:
 class GroupCollector:
     """Hooks that learn the groups on the first micro-batch and then feed each
     group's accumulator. With `first_group_only`, the forward is stopped as soon
-    as a layer outside the first group is reached (sequential pruning)."""
+    as a layer outside the first group is reached (sequential pruning), and after
+    the first micro-batch as soon as the group's leader has seen its input."""
 
     targets: list[Target]
     make_stats: Optional[Callable[[int, torch.device], Any]]
@@ -61,6 +63,8 @@ class GroupCollector:
                 raise StopForward
             if target is group.leader and group.stats is not None:
                 group.stats.add(x)
+            if self.first_group_only and not self._learning and target is group.leader:
+                raise StopForward  # the members are known and the leader has the input: the rest is not needed
 
         return hook
 
@@ -89,7 +93,7 @@ class GroupCollector:
                 h.remove()
 
     def run(self, block: nn.Module, inputs: list[MicroBatch], device: torch.device) -> list[Group]:
-        with self.hooked(), torch.no_grad():
+        with stage("statistics"), self.hooked(), torch.no_grad():
             for mb in inputs:
                 with contextlib.suppress(StopForward):
                     mb.call(block, device)

@@ -1,0 +1,83 @@
+"""Where the pruning seconds go: one clock, stages named where the work is done.
+
+`prune_model` makes a `StageClock` and makes it the active one; code anywhere below it
+marks its work with `stage("solve")` (a no-op when no clock is active, e.g. in tests
+that call the algorithms directly). Stages do not nest: while one is open, an inner
+`stage(...)` is charged to the outer one (the trim inside a replayed block is replay),
+so the stages never add up to more than the wall time, and "other" is the rest.
+Only the thread that owns the clock is timed; work overlapped on another thread is
+not pruning wall time and is not charged.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+R = TypeVar("R")
+STAGES = ("capture", "read", "statistics", "factorise", "solve", "propagate", "write", "trim", "replay")
+
+
+class StageClock:
+    """perf_counter seconds per stage, on the owning thread, outermost stage wins."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._thread = threading.get_ident()
+        self._open: Optional[str] = None
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if name not in self.seconds:
+            raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
+        if self._open is not None or threading.get_ident() != self._thread:
+            yield
+            return
+        self._open, t0 = name, time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+            self._open = None
+
+    def breakdown(self, total: float) -> dict[str, float]:
+        """The stages plus `other` = total - their sum (never negative)."""
+        out = {k: round(v, 4) for k, v in self.seconds.items()}
+        out["other"] = round(max(0.0, total - sum(self.seconds.values())), 4)
+        return out
+
+
+_active: Optional[StageClock] = None
+
+
+@contextlib.contextmanager
+def active(clock: StageClock) -> Iterator[StageClock]:
+    """Make `clock` the one `stage()` charges, for the duration of the block."""
+    global _active
+    previous, _active = _active, clock
+    try:
+        yield clock
+    finally:
+        _active = previous
+
+
+def stage(name: str) -> contextlib.AbstractContextManager:
+    """Charge the enclosed work to `name` on the active clock (nothing when none is active)."""
+    clock = _active
+    return clock.stage(name) if clock is not None else contextlib.nullcontext()
+
+
+def timed(fn: Callable[..., R]) -> Callable[..., R]:
+    """Run `fn` with a fresh clock active and attach it to what it returns (as `.clock`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        clock = StageClock()
+        with active(clock):
+            result = fn(*args, **kwargs)
+        result.clock = clock
+        return result
+
+    return wrapper
