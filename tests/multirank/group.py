@@ -30,6 +30,11 @@ def run_group(size: int, argv: list[str], timeout: float = 240) -> list[subproce
     port = free_port()
     procs = [subprocess.Popen([sys.executable, *argv], env=rank_env(r, size, port), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in range(size)]
+    return wait_for_ranks(procs, timeout)
+
+
+def wait_for_ranks(procs: list[subprocess.Popen], timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """Wait for every rank's process; each must succeed. Whatever is left running is killed."""
     done = []
     try:
         for r, p in enumerate(procs):

@@ -54,7 +54,7 @@ def test_two_nodes_resume_an_s3_output_each_from_the_bucket(tmp_path, tiny_model
     import signal
     import time
 
-    from multirank.group import free_port, rank_env
+    from multirank.group import free_port, rank_env, wait_for_ranks
     from multirank.test_nproc_cli import rank_pid
     from test_resume_s3 import assert_same_bucket, bucket_files, journal_says
 
@@ -96,17 +96,7 @@ def test_two_nodes_resume_an_s3_output_each_from_the_bucket(tmp_path, tiny_model
         e.pop("PRUNE_JOB_FAULT", None)
         ranks.append(subprocess.Popen(cli(spec, tmp_path / f"pod{rank}"), env=e, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
-    errs = []
-    try:
-        for r, p in enumerate(ranks):
-            _, err = p.communicate(timeout=240)
-            errs.append(err)
-            assert p.returncode == 0, f"rank {r}:\n{err[-4000:]}"
-    finally:
-        for p in ranks:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    errs = [done.stderr for done in wait_for_ranks(ranks)]
     assert f"resuming from block 2 of {LAYERS}" in errs[0]
     fetched = sorted(p.name for p in (tmp_path / "pod1" / "resume-shards").iterdir())
     assert fetched and all(name.endswith(".safetensors") for name in fetched)
@@ -117,7 +107,7 @@ def test_two_nodes_local_output_with_evaluation_continue_the_replica(tmp_path, t
     """A local output every node reads (here: one machine): rank 1 (node 1) verifies the finished shards in
     the output folder, copies them into its evaluation replica, which continues after them; the resumed
     checkpoint and its perplexity equal an uninterrupted run's."""
-    from multirank.group import free_port, rank_env
+    from multirank.group import free_port, rank_env, wait_for_ranks
 
     model = tiny_model_factory("llama", layers=LAYERS)
     calib = calibration_ids(tmp_path / "calib.jsonl")
@@ -137,17 +127,7 @@ def test_two_nodes_local_output_with_evaluation_continue_the_replica(tmp_path, t
         ranks.append(subprocess.Popen([sys.executable, "-m", "prune_job", "run", str(spec), "--no-progress",
                                        "--workdir", str(tmp_path / f"pod{rank}")], env=e, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
-    errs = []
-    try:
-        for r, p in enumerate(ranks):
-            _, err = p.communicate(timeout=240)
-            errs.append(err)
-            assert p.returncode == 0, f"rank {r}:\n{err[-4000:]}"
-    finally:
-        for p in ranks:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    errs = [done.stderr for done in wait_for_ranks(ranks)]
     assert f"resuming from block 2 of {LAYERS}" in errs[0]
     assert_same_checkpoint(tmp_path / "ref", tmp_path / "out")
     replica = tmp_path / "pod1" / "replica-checkpoint"
