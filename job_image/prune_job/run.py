@@ -18,7 +18,7 @@ from prune_job import storage
 from prune_job.checkpoint import CheckpointWriter, WriteSummary
 from prune_job.data import LazyTokenizer, ids_digest, micro_batches, token_windows
 from prune_job.evaluation import evaluate, write_report
-from prune_job.evaluation.driver import Evaluation
+from prune_job.evaluation.driver import Evaluation, dense_perplexity
 from prune_job.pipeline.memory import micro_batch_tokens
 from prune_job.pipeline import distributed
 from prune_job.pipeline.distributed import SingleProcess, World, first_on_each_node
@@ -145,6 +145,13 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
         journal = BlockJournal(out_dir, opened.journal, uploader)
         progress.resumed(opened.journal.resumed_from_block, opened.journal.resumes)
 
+    measured = None  # a sweep's measurer: the dense perplexity before pruning, posted at once for the other children
+    ev = spec.evaluation
+    if ev.enabled and ev.measure_dense_first and ev.dense_baseline is None:
+        measured = dense_perplexity(job=job, dense_dir=_dense_dir(job, prepared, world), tokenizer=prepared.tokenizer,
+                                    fetch=_fetch, progress=progress, world=world)
+        reporter.dense_baseline(measured)
+
     progress.stage("pruning", total=handle.num_blocks)
     t_prune = time.perf_counter()
     batches = micro_batches(world.share(prepared.windows), micro_batch_tokens(handle.device))
@@ -172,11 +179,9 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     if spec.evaluation.enabled:
         progress.stage("evaluating")
         t_eval = time.perf_counter()
-        dense_dir = prepared.model_dir
-        if spec.model.stream:  # the dense weights were streamed, not stored: evaluation reads them from disk
-            dense_dir = first_on_each_node(world, lambda: resolve_model(spec.model))
-        evaluation = evaluate(job=job, dense_dir=dense_dir, sparse_dir=read_dir,
-                              tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world)
+        evaluation = evaluate(job=job, dense_dir=_dense_dir(job, prepared, world), sparse_dir=read_dir,
+                              tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world,
+                              dense=measured)
         seconds_evaluate = time.perf_counter() - t_eval
     peak_host = distributed.peak_over_ranks(world, peak_host_bytes())
     if not world.is_writer:
@@ -198,6 +203,13 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     reporter.results(detail.summary())
     reporter.close()
     return detail
+
+
+def _dense_dir(job: PruneJob, prepared: Prepared, world: World) -> Path:
+    """Where evaluation reads the dense weights: streamed ones were not stored, so they are resolved then."""
+    if job.spec.model.stream:
+        return first_on_each_node(world, lambda: resolve_model(job.spec.model))
+    return prepared.model_dir
 
 
 def _report_finished(detail: ResultsDetail, uploader: Any, progress: RunProgress,

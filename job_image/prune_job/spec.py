@@ -359,6 +359,10 @@ class Evaluation(ApiModel):
     dense_baseline: Optional[DenseBaseline] = Field(
         None, description="dense figures measured once for a sweep (set by the sweep controller or runner)"
     )
+    measure_dense_first: bool = Field(
+        False, description="measure the dense perplexity before pruning and post it to status.denseBaseline at once "
+        "(set by the sweep controller on the child that measures it for the others; ignored with denseBaseline)"
+    )
 
 
 class Toleration(ApiModel):
@@ -759,6 +763,10 @@ class PruneJobStatus(ApiModel):
     results: Optional[Results] = None
     resumes_announced: Optional[int] = Field(
         None, description="the resumes (status.progress.resumes) the controller has posted an Event for"
+    )
+    dense_baseline: Optional[DenseBaseline] = Field(
+        None, description="the dense perplexity this run measured before pruning (evaluation.measureDenseFirst), "
+        "posted by the worker as soon as it has it: its sweep shares it with the other children"
     )
 
 

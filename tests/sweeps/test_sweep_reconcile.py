@@ -76,3 +76,39 @@ def test_every_child_failing_fails_the_sweep():
     conds = {c.type: (c.status, c.reason) for c in status.conditions}
     assert conds["Complete"] == ("True", "AllFinished") and conds["Failed"] == ("True", "AllChildrenFailed")
     assert status.best.child is None and "no child succeeded" in status.best.why
+
+
+def test_one_child_measures_the_dense_model_then_the_rest_start_with_its_figure():
+    sweep = {"metadata": {"name": "g", "namespace": "ml", "uid": "u-1"}, "spec": {"template": TEMPLATE}}
+    wide = SPEC.model_copy(update={"parallelism": 3})
+    plan = reconcile("g", wide, PruneSweepStatus(), [], NOW)  # nothing known: one measurer, not three
+    assert [c.name for c in plan.create] == [NAMES[0]] and plan.dense_baseline is None
+    measurer = prunejob_for_child(sweep, plan.create[0], plan.dense_baseline)
+    assert measurer["spec"]["evaluation"] == {"measureDenseFirst": True}
+    assert [r.phase for r in plan.status.rows] == ["Pending"] + ["Waiting"] * 5
+    assert reconcile("g", wide, plan.status, [Observed(NAMES[0], "Running")], NOW).create == ()  # still measuring
+
+    posted = Observed(NAMES[0], "Running", dense={"perplexity": 21.5, "nll": 3.07, "source": "PruneJob g-wanda-30"})
+    plan = reconcile("g", wide, plan.status, [posted], NOW)  # posted before pruning: the rest start, pruning overlaps
+    assert [c.name for c in plan.create] == NAMES[1:3]
+    assert plan.dense_baseline == {"perplexity": 21.5, "nll": 3.07, "source": f"PruneJob {NAMES[0]} (sweep g)"}
+    child = prunejob_for_child(sweep, plan.create[0], plan.dense_baseline)
+    assert child["spec"]["evaluation"] == {"denseBaseline": plan.dense_baseline}  # told, not measuring
+
+    # a failed measurer that posted nothing: the next child measures; one that posted: its figure stands
+    plan = reconcile("g", wide, PruneSweepStatus(), [done(NAMES[0], "Failed")], NOW)
+    assert [c.name for c in plan.create] == [NAMES[1]] and plan.dense_baseline is None
+    failed_after = Observed(NAMES[0], "Failed", dense={"perplexity": 21.5}, message="OOMKilled")
+    plan = reconcile("g", wide, PruneSweepStatus(), [failed_after], NOW)
+    assert [c.name for c in plan.create] == NAMES[1:4] and plan.dense_baseline["perplexity"] == 21.5
+
+
+def test_without_evaluation_or_with_a_given_baseline_all_start_at_once():
+    for evaluation in ({"enabled": False}, {"denseBaseline": {"perplexity": 9.0, "source": "earlier run"}}):
+        spec = parse_sweep_spec({"template": {**TEMPLATE, "evaluation": evaluation},
+                                 "matrix": {"method": ["wanda", "sparsegpt"]}, "parallelism": 2})
+        plan = reconcile("g", spec, PruneSweepStatus(), [], NOW)
+        assert len(plan.create) == 2 and plan.dense_baseline is None
+        sweep = {"metadata": {"name": "g", "namespace": "ml"}, "spec": {"template": {**TEMPLATE,
+                                                                                    "evaluation": evaluation}}}
+        assert prunejob_for_child(sweep, plan.create[0])["spec"]["evaluation"] == evaluation

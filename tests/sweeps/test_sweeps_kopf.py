@@ -121,21 +121,30 @@ def test_two_by_two_sweep_parallelism_restart_and_a_failed_child(api_server, kub
         operator = Operator(api_server.url, FAST).start()
         kube.request("POST", collection_path(*PJSW, NS), body=body)
         try:
-            wait_for(lambda: len(children(kube, "grid")) == 2, what="the first two children")
-            time.sleep(0.6)  # a few resyncs: no third child while two run
-            assert sorted(children(kube, "grid")) == names[:2]
+            wait_for(lambda: len(children(kube, "grid")) == 1, what="the first child")
+            time.sleep(0.6)  # a few resyncs: no second child before the dense perplexity is known
+            assert sorted(children(kube, "grid")) == names[:1]
             first = children(kube, "grid")[names[0]]
             assert first["metadata"]["ownerReferences"][0]["kind"] == "PruneSweep"
             assert first["spec"]["output"]["uri"] == "s3://pruned/grid/grid-magnitude-30/"
             assert (first["spec"]["pruning"]["method"], first["spec"]["pruning"]["sparsity"]) == ("magnitude", 0.3)
-            assert "denseBaseline" not in first["spec"].get("evaluation", {})
+            assert first["spec"]["evaluation"]["measureDenseFirst"] is True  # the one that measures dense
             assert sweep_status(kube, "grid")["done"] == "0/4"
+
+            # play the worker: the dense perplexity, posted before pruning; the second child starts beside it
+            kube.merge_patch(object_path(*PJ, NS, names[0], "status"), {"status": {"denseBaseline": {
+                "perplexity": 20.0, "nll": 2.9957, "source": f"PruneJob {names[0]}"}}})
+            wait_for(lambda: names[1] in children(kube, "grid"), what="the second child")
+            second = children(kube, "grid")[names[1]]["spec"]["evaluation"]
+            baseline = second["denseBaseline"]  # measured once, shared
+            assert not second["measureDenseFirst"]
+            assert baseline == {"perplexity": 20.0, "nll": 2.9957, "source": f"PruneJob {names[0]} (sweep grid)"}
+            time.sleep(0.6)  # no third child while two run
+            assert sorted(children(kube, "grid")) == names[:2]
 
             finish(kube, names[0], ppl=5.0, sparsity=0.3)
             wait_for(lambda: names[2] in children(kube, "grid"), what="the third child")
-            third = children(kube, "grid")[names[2]]
-            baseline = third["spec"]["evaluation"]["denseBaseline"]  # dense measured once, then shared
-            assert baseline["perplexity"] == 20.0 and names[0] in baseline["source"]
+            assert children(kube, "grid")[names[2]]["spec"]["evaluation"]["denseBaseline"] == baseline
         finally:
             operator.stop()
 
@@ -186,8 +195,8 @@ def test_no_child_within_the_limits_names_the_closest(api_server, kube):
     operator = Operator(api_server.url, FAST).start()
     try:
         kube.request("POST", collection_path(*PJSW, NS), body=body)
-        wait_for(lambda: len(children(kube, "strict")) == 2, what="both children")
-        finish(kube, "strict-magnitude-30", ppl=3.0, sparsity=0.3)
+        wait_for(lambda: len(children(kube, "strict")) == 1, what="the child that measures dense")
+        finish(kube, "strict-magnitude-30", ppl=3.0, sparsity=0.3)  # its results' dense figure starts the next
         finish(kube, "strict-magnitude-50", ppl=9.0, sparsity=0.5)
         status = wait_for(lambda: (s := sweep_status(kube, "strict")) and condition(s, "Complete").get("status") == "True"
                           and s, what="Complete")

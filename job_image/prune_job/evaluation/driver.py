@@ -37,7 +37,7 @@ from prune_job.pipeline.memory import micro_batch_tokens, release_freed_memory
 from prune_job.pipeline.model import DTYPES, ModelHandle, default_device, open_model
 from prune_job.sources.texts import read_source
 from prune_job.spec import (
-    CostResult, EvaluationEnvironment, GenerationEval, GenerationResult, GenerationRun, PerplexityDetail,
+    CostResult, DenseBaseline, EvaluationEnvironment, GenerationEval, GenerationResult, GenerationRun, PerplexityDetail,
     PerplexityResult, PruneJob, TaskAccuracy, TasksDetail, TimedRun,
 )
 
@@ -63,7 +63,7 @@ class Models:
     """The two models compared, and how to build them."""
 
     dense_dir: Path
-    sparse: WeightSource  # the written (pruned) weights
+    sparse: Optional[WeightSource]  # the written (pruned) weights; None before pruning (dense_perplexity)
     dtype: str
     device: torch.device
     trust_remote_code: bool = False
@@ -99,9 +99,11 @@ def evaluate(
     progress: Any = None,
     device: Optional[torch.device] = None,
     world: Optional[World] = None,
+    dense: Optional[DenseBaseline] = None,
 ) -> Evaluation:
     """Evaluate `sparse_dir` (or `sparse_state`) against `dense_dir`. In a group of ranks
-    (`world`) the perplexity windows are shared and the generation benchmark runs on rank 0."""
+    (`world`) the perplexity windows are shared and the generation benchmark runs on rank 0.
+    `dense`: the dense perplexity this run measured before pruning (dense_perplexity)."""
     world = world or SingleProcess()
     spec = job.spec
     if (sparse_dir is None) == (sparse_state is None):
@@ -112,7 +114,7 @@ def evaluate(
                     Path(sparse_dir) if sparse_dir is not None else None)
     result = Evaluation()
     windows = first_on_each_node(world, lambda: eval_windows(job, models, tokenizer, fetch))
-    perplexity(models, windows, result, job, progress, world)
+    perplexity(models, windows, result, job, progress, world, dense)
     if world.is_writer:
         generate(models, job, result, progress)
     if world.is_writer and spec.evaluation.tasks is not None:
@@ -132,33 +134,59 @@ def eval_windows(job: PruneJob, models: Models, tokenizer: Any, fetch) -> list[t
 
 
 def perplexity(models: Models, windows: list[torch.Tensor], result: Evaluation, job: PruneJob, progress,
-               world: Optional[World] = None) -> None:
+               world: Optional[World] = None, measured: Optional[DenseBaseline] = None) -> None:
     """Dense and sparse perplexity on the same windows with the block-streaming forward
-    (each rank its share of the windows; the sums of losses and tokens are reduced in fp64)."""
+    (each rank its share of the windows; the sums of losses and tokens are reduced in fp64).
+    The dense figure is not measured again when a sweep shares one (evaluation.denseBaseline)
+    or this run `measured` it before pruning."""
     world = world or SingleProcess()
-    batches = micro_batches(world.share(windows), micro_batch_tokens(models.device))  # same for dense and sparse
     shared = job.spec.evaluation.dense_baseline  # a sweep's dense figure, measured once on the same windows
-    variants = ("sparse",) if shared else ("dense", "sparse")
-    figures = {}
-    for variant in variants:
-        handle = models.handle(sparse=variant == "sparse")
-        on_block = _counter(progress, f"perplexity-{variant}", handle.num_blocks, "block")
-        nll, tokens = streamed_nll(handle, batches, on_block) if batches else (0.0, 0)
-        sums = world.all_reduce(torch.tensor([nll, tokens], dtype=torch.float64))
-        figures[variant] = Perplexity(float(sums[0]), int(sums[1]))
-        del handle
-    dense = shared.perplexity if shared else figures["dense"].value
+    known = shared or measured
+    figures = {variant: _streamed_perplexity(models, windows, variant, progress, world)
+               for variant in (("sparse",) if known else ("dense", "sparse"))}
+    dense = known.perplexity if known else figures["dense"].value
     sparse = figures["sparse"].value
     result.perplexity = PerplexityResult(dense=dense, sparse=sparse, increase_percent=increase_percent(dense, sparse),
                                          dense_source=f"shared: {shared.source}" if shared else None)
     if shared:
         result.notes.append(f"dense perplexity not measured again: shared from {shared.source} (same windows)")
+    elif measured:
+        result.notes.append("dense perplexity measured before pruning (evaluation.measureDenseFirst) and posted "
+                            "to status.denseBaseline for the sweep's other children")
     result.perplexity_detail = PerplexityDetail(
         source=job.spec.evaluation.perplexity.uri, windows=len(windows),
         sequence_length=job.spec.evaluation.perplexity.sequence_length, tokens=figures["sparse"].tokens,
-        dense_nll=shared.nll if shared else figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll,
+        dense_nll=known.nll if known else figures["dense"].mean_nll, sparse_nll=figures["sparse"].mean_nll,
         method="streamed",
     )
+
+
+def _streamed_perplexity(models: Models, windows: list[torch.Tensor], variant: str, progress,
+                         world: World) -> Perplexity:
+    """One model's perplexity on this rank's share of `windows`, summed over the ranks."""
+    batches = micro_batches(world.share(windows), micro_batch_tokens(models.device))  # same for dense and sparse
+    handle = models.handle(sparse=variant == "sparse")
+    on_block = _counter(progress, f"perplexity-{variant}", handle.num_blocks, "block")
+    nll, tokens = streamed_nll(handle, batches, on_block) if batches else (0.0, 0)
+    sums = world.all_reduce(torch.tensor([nll, tokens], dtype=torch.float64))
+    del handle
+    return Perplexity(float(sums[0]), int(sums[1]))
+
+
+def dense_perplexity(*, job: PruneJob, dense_dir: Path, tokenizer: Any = None,
+                     fetch: Optional[Callable[[str], Path]] = None, progress: Any = None,
+                     device: Optional[torch.device] = None, world: Optional[World] = None,
+                     source: str = "") -> DenseBaseline:
+    """The dense perplexity on the evaluation windows, before pruning (evaluation.measureDenseFirst:
+    a sweep's first child posts it so that the others need not measure it); `evaluate(dense=...)` reuses it."""
+    world = world or SingleProcess()
+    spec = job.spec
+    models = Models(Path(dense_dir), None, spec.model.dtype, torch.device(device) if device else default_device(),
+                    spec.model.trust_remote_code, spec.model.blocks)
+    windows = first_on_each_node(world, lambda: eval_windows(job, models, tokenizer, fetch))
+    figure = _streamed_perplexity(models, windows, "dense", progress, world)
+    return DenseBaseline(perplexity=figure.value, nll=figure.mean_nll if figure.tokens else None,
+                         source=source or f"PruneJob {job.metadata.name}")
 
 
 def _counter(progress, stage: str, total: int, unit: str) -> Optional[Callable[[int], None]]:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from prune_job.spec import GROUP, PLURAL, VERSION, Progress, Results
+from prune_job.spec import GROUP, PLURAL, VERSION, DenseBaseline, Progress, Results
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ class KubernetesReporter:
     def results(self, results: Results) -> None:
         self._queue({"results": results_document(results)}, urgent=True)
 
+    def dense_baseline(self, baseline: DenseBaseline) -> None:
+        self._queue({"denseBaseline": baseline.model_dump(by_alias=True, mode="json", exclude_none=True)}, urgent=True)
+
     def close(self) -> None:
         if self._thread is None:
             return
@@ -181,7 +184,7 @@ class KubernetesReporter:
                 self._outage = True
                 newer, self._pending = self._pending, patch
                 _merge(self._pending, newer)  # newer state wins over what failed
-                self._urgent = self._urgent or "results" in patch
+                self._urgent = self._urgent or bool({"results", "denseBaseline"} & set(patch))
                 retry = min(self.retry_interval, 1.0) if self._closing else self.retry_interval
                 self._next_send = self.clock() + retry
                 if self.failures == 1 or self.failures % 20 == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from prune_job.spec import Progress, Results
+from prune_job.spec import DenseBaseline, Progress, Results
 
 
 class StatusReporter(Protocol):
@@ -13,6 +13,9 @@ class StatusReporter(Protocol):
 
     def results(self, results: Results) -> None:
         """Called once at the end (and may be called again with more figures)."""
+
+    def dense_baseline(self, baseline: DenseBaseline) -> None:
+        """Called once, before pruning, by a sweep's child that measures the dense perplexity for the others."""
 
     def close(self) -> None:
         """Flush whatever is pending."""
@@ -23,6 +26,9 @@ class NullReporter:
         pass
 
     def results(self, results: Results) -> None:
+        pass
+
+    def dense_baseline(self, baseline: DenseBaseline) -> None:
         pass
 
     def close(self) -> None:

@@ -10,9 +10,12 @@ and the status to write, given the sweep and the PruneJobs it owns.
 - A failed child is a row with phase Failed and a Warning Event; the others
   go on. The sweep is Complete when every child has finished, Failed (as a
   whole) only when none succeeded.
-- Dense perplexity is measured once: once a child has reported a dense
-  perplexity that it measured itself, children created afterwards get it as
-  `evaluation.denseBaseline` (children already running measure their own).
+- Dense perplexity is measured once per sweep: until one is known, a single
+  child runs, created with `evaluation.measureDenseFirst` (it measures the
+  dense model before pruning and posts `status.denseBaseline` at once); then
+  the others (up to `parallelism`) are created with it as
+  `evaluation.denseBaseline`. If the measurer fails before posting, the next
+  child measures. Generation speed is still measured beside every child.
 - The best child (prune_job.sweep.select) is chosen among the finished ones.
 """
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Observed:
     phase: Optional[str] = None
     results: Optional[dict[str, Any]] = None
     message: Optional[str] = None
+    dense: Optional[dict[str, Any]] = None  # status.denseBaseline: posted by a child that measured it first
 
     @property
     def finished(self) -> bool:
@@ -69,14 +73,16 @@ def reconcile(name: str, spec: PruneSweepSpec, status: PruneSweepStatus, childre
     seen = {c.name: c for c in children}
     active = sum(1 for c in grid.children if c.name in seen and not seen[c.name].finished)
     waiting = [c for c in grid.children if c.name not in seen]
-    create = tuple(waiting[: max(0, spec.parallelism - active)])
+    in_grid_order = [seen[c.name] for c in grid.children if c.name in seen]
+    baseline = dense_baseline(in_grid_order, name)
+    slots = spec.parallelism if baseline is not None or not needs_dense(spec) else 1  # one measurer at a time
+    create = tuple(waiting[: max(0, slots - active)])
     rows = [_row(c, seen.get(c.name), c in create) for c in grid.children]
     draft = _Draft(status_from_rows(rows, grid.skipped, spec.select))
     draft.status.conditions = status.conditions
     _track(draft, {r.child: r.phase for r in status.rows}, create)
     _decide(draft, now, generation)
-    in_grid_order = [seen[c.name] for c in grid.children if c.name in seen]
-    return Plan(draft.status, create, dense_baseline(in_grid_order, name), tuple(draft.events))
+    return Plan(draft.status, create, baseline, tuple(draft.events))
 
 
 def _row(child: sweep_grid.Child, observed: Optional[Observed], creating: bool):
@@ -117,12 +123,22 @@ def _decide(draft: _Draft, now: datetime, generation: Optional[int]) -> None:
             draft.events.append(Event("Warning", "Complete", f"{summary}; {best.why if best else 'no best'}"))
 
 
+def needs_dense(spec: PruneSweepSpec) -> bool:
+    """Whether the children evaluate against a dense perplexity the sweep has yet to measure."""
+    return spec.template.evaluation.enabled and spec.template.evaluation.dense_baseline is None
+
+
 def dense_baseline(children: list[Observed], sweep: str) -> Optional[dict[str, Any]]:
-    """The dense perplexity that the first child (in `children`' order) to report one measured itself."""
+    """The dense perplexity that the first child (in `children`' order) to report one measured itself:
+    posted before pruning (status.denseBaseline) or in its results."""
     for c in children:
         ppl = (c.results or {}).get("perplexity") or {}
-        if ppl.get("dense") and not ppl.get("denseSource"):
-            return {"perplexity": ppl["dense"], "source": f"PruneJob {c.name} (sweep {sweep})"}
+        posted = c.dense if (c.dense or {}).get("perplexity") else None
+        if posted is None and ppl.get("dense") and not ppl.get("denseSource"):
+            posted = {"perplexity": ppl["dense"]}
+        if posted is not None:
+            nll = {"nll": posted["nll"]} if posted.get("nll") is not None else {}
+            return {"perplexity": posted["perplexity"], **nll, "source": f"PruneJob {c.name} (sweep {sweep})"}
     return None
 
 
@@ -143,19 +159,22 @@ def observed_from_object(obj: dict[str, Any]) -> Observed:
     failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"),
                   None)
     return Observed(name=obj["metadata"]["name"], phase=status.get("phase"), results=status.get("results"),
-                    message=(failed or {}).get("message"))
+                    message=(failed or {}).get("message"), dense=status.get("denseBaseline"))
 
 
 def prunejob_for_child(sweep: dict[str, Any], child: sweep_grid.Child,
                        baseline: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The child PruneJob: the template as written with the combination's pruning fields, its own
-    output folder `<template output>/<child>/`, labelled and owned by the sweep."""
+    output folder `<template output>/<child>/`, labelled and owned by the sweep; with the sweep's
+    dense `baseline`, or, while there is none, told to measure it first."""
     meta = sweep["metadata"]
     spec = copy.deepcopy(sweep["spec"]["template"])
     spec["pruning"] = {**(spec.get("pruning") or {}), **child.combination}
     spec["output"] = {**spec["output"], "uri": sweep_grid.child_output(spec["output"]["uri"], child.name)}
-    if baseline is not None and (spec.get("evaluation") or {}).get("enabled", True):
-        spec["evaluation"] = {**(spec.get("evaluation") or {}), "denseBaseline": baseline}
+    evaluation = spec.get("evaluation") or {}
+    if evaluation.get("enabled", True) and "denseBaseline" not in evaluation:
+        spec["evaluation"] = {**evaluation, **({"denseBaseline": baseline} if baseline is not None
+                                               else {"measureDenseFirst": True})}
     return {
         "apiVersion": "pruning.dev/v1alpha1",
         "kind": "PruneJob",
