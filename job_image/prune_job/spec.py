@@ -1046,6 +1046,15 @@ class SkippedCombination(ApiModel):
     reason: str
 
 
+class SweepReport(ApiModel):
+    """The sweep report written in the cluster by a Job the controller starts once the sweep is Complete."""
+
+    job: str = Field(description="the batch/v1 Job that writes it (`prune-job sweep-report`)")
+    uri: str = Field(description="where it is written: <template output>/sweep/ (report.md, sweep.json, pareto.png)")
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    message: Optional[str] = None
+
+
 class PruneSweepStatus(ApiModel):
     model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
     observed_generation: Optional[int] = None
@@ -1056,6 +1065,7 @@ class PruneSweepStatus(ApiModel):
     rows: list[SweepRow] = Field(default_factory=list)
     skipped: list[SkippedCombination] = Field(default_factory=list)
     best: Optional[SweepBest] = None
+    report: Optional[SweepReport] = None
 
 
 class PruneSweep(ApiModel):

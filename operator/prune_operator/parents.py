@@ -121,11 +121,12 @@ def sync_fresh(kube: Kube, path: str, locks: KeyedLocks, key: Key, once: Callabl
 SyncLogged = Callable[[Any, str, str, Any], None]  # (memo, namespace, name, logger); never raises
 
 
-def sync_logged(kind: str, sync: Callable[[Kube, str, str, Any], Any], interval: Callable[[Any], float]) -> SyncLogged:
-    """A sync for event handlers, which Kopf does not retry: log trouble, and let the resync try again."""
+def sync_logged(kind: str, sync: SyncLogged, interval: Callable[[Any], float]) -> SyncLogged:
+    """A sync (memo, namespace, name, logger) for event handlers, which Kopf does not retry: log trouble,
+    and let the resync try again."""
     def run(memo: Any, namespace: str, name: str, logger: Any) -> None:
         try:
-            sync(memo.kube, namespace, name, logger)
+            sync(memo, namespace, name, logger)
         except api.SpecError as err:
             logger.warning(f"{kind} {namespace}/{name} refused: {err}")
         except (ApiError, kopf.TemporaryError) as err:

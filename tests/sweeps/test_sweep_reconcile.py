@@ -44,8 +44,10 @@ def test_children_in_grid_order_at_most_parallelism_and_each_once():
     status, created = simulate(NAMES)
     assert created == NAMES
     assert status.done == "6/6" and [r.phase for r in status.rows].count("Failed") == 1
-    assert {c.type: c.status for c in status.conditions} == {"Accepted": "True", "Complete": "True", "Failed": "False"}
+    assert {c.type: c.status for c in status.conditions} == {"Accepted": "True", "Complete": "True", "Failed": "False",
+                                                             "ReportWritten": "False"}
     assert status.best is not None and status.best.child != NAMES[1]
+    assert (status.report.job, status.report.phase, status.report.uri) == ("g-report", "Pending", "s3://pruned/g/sweep/")
 
 
 def test_restart_with_children_and_a_lost_status_creates_nothing_twice():
@@ -112,3 +114,31 @@ def test_without_evaluation_or_with_a_given_baseline_all_start_at_once():
         sweep = {"metadata": {"name": "g", "namespace": "ml"}, "spec": {"template": {**TEMPLATE,
                                                                                     "evaluation": evaluation}}}
         assert prunejob_for_child(sweep, plan.create[0])["spec"]["evaluation"] == evaluation
+
+
+def test_the_report_job_is_created_once_when_complete_and_followed():
+    running = reconcile("g", SPEC, PruneSweepStatus(), [done(n) for n in NAMES[:5]] + [Observed(NAMES[5], "Running")],
+                        NOW)
+    assert not running.write_report and running.status.report is None  # not before every child finished
+    finished = [done(n) for n in NAMES]
+    plan = reconcile("g", SPEC, running.status, finished, NOW)
+    assert plan.write_report and plan.status.report.phase == "Pending"
+    assert "ReportStarted" in [e.reason for e in plan.events]
+    # the Job exists (or only the status says so): never again
+    for observed in (("Pending", None), None):
+        again = reconcile("g", SPEC, plan.status, finished, NOW, report=observed)
+        assert not again.write_report and again.status.report.phase == "Pending" and not again.events
+    written = reconcile("g", SPEC, plan.status, finished, NOW, report=("Succeeded", None))
+    cond = next(c for c in written.status.conditions if c.type == "ReportWritten")
+    assert (cond.status, cond.reason) == ("True", "Written") and "s3://pruned/g/sweep/" in cond.message
+    assert [e.reason for e in written.events] == ["ReportWritten"]
+    failed = reconcile("g", SPEC, plan.status, finished, NOW, report=("Failed", "BackoffLimitExceeded"))
+    assert failed.status.report.message == "BackoffLimitExceeded" and failed.events[0].reason == "ReportFailed"
+
+
+def test_a_sweep_whose_children_all_failed_still_gets_its_report_unless_policy_forbids_it():
+    failed = [done(n, "Failed") for n in NAMES]
+    assert reconcile("g", SPEC, PruneSweepStatus(), failed, NOW).write_report
+    refused = reconcile("g", SPEC, PruneSweepStatus(), failed, NOW, report_refused="Secret 's3' is not allowed")
+    assert not refused.write_report and refused.status.report.phase == "Failed"
+    assert "not started: Secret 's3' is not allowed" in refused.status.report.message

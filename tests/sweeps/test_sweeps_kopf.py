@@ -3,9 +3,12 @@
 emulator of tests/operator. The test plays the worker (it writes a child's
 status.results) and the Job controller (it marks the child's Job Complete or
 Failed); the PruneJob controller turns that into the child's phase, and the
-sweep controller follows."""
+sweep controller follows. Once the sweep is Complete the test plays the
+kubelet for the report Job: it runs the Job's container command as a local
+process against the nanio S3 server."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
+sys.path.insert(0, str(ROOT / "tests" / "storage"))
+
 from emulator import EmulatorThread  # noqa: E402
+from nanio_server import NanioServer  # noqa: E402
 from operator_harness import (  # noqa: E402
     TEST_AGENT, OperatorThread as Operator, configuration, kubeconfig, operator_permissions, wait_for,
 )
@@ -107,14 +113,43 @@ class Watcher:
             time.sleep(0.01)
 
 
+def play_report_pod(job: dict[str, Any], config_map: dict[str, Any], root: Path, secret: dict[str, str]) -> None:
+    """Run the report Job's container as the kubelet would: its ConfigMap mounted, its scratch and /tmp
+    (here folders under `root`), its env, the credentials Secret's keys resolved from `secret`."""
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: root / m["name"] for m in container["volumeMounts"]}
+    for path in mounts.values():
+        path.mkdir(parents=True, exist_ok=True)
+    spec_dir = next(path for where, path in mounts.items() if where == FAST.spec_dir)
+    for name, text in config_map["data"].items():
+        (spec_dir / name).write_text(text)
+
+    def local(value: str) -> str:
+        where = next((w for w in sorted(mounts, key=len, reverse=True) if value.startswith(w)), None)
+        return value if where is None else str(mounts[where]) + value[len(where):]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = local(item["value"])
+        elif item["name"] in secret:
+            env[item["name"]] = secret[item["name"]]
+    assert container["command"] == ["prune-job"]
+    done = subprocess.run([sys.executable, "-m", "prune_job", *map(local, container["args"])], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def events(kube: Kube, name: str, reason: str) -> list[dict[str, Any]]:
     items = kube.get(collection_path("v1", "events", NS))["items"]
     return [e for e in items if e["involvedObject"]["name"] == name and e["reason"] == reason]
 
 
-def test_two_by_two_sweep_parallelism_restart_and_a_failed_child(api_server, kube, tmp_path):
+def test_two_by_two_sweep_parallelism_restart_a_failed_child_and_the_report(api_server, kube, tmp_path):
+    template = {**TEMPLATE, "output": {"uri": "s3://pruned/grid/", "credentialsSecret": "s3"}}
     body = {"apiVersion": "pruning.dev/v1alpha1", "kind": "PruneSweep", "metadata": {"name": "grid", "namespace": NS},
-            "spec": {"template": TEMPLATE, "matrix": {"method": ["magnitude", "wanda"], "sparsity": [0.3, 0.5]},
+            "spec": {"template": template, "matrix": {"method": ["magnitude", "wanda"], "sparsity": [0.3, 0.5]},
                      "parallelism": 2, "select": {"objective": "maxSparsity", "maxPerplexityIncreasePercent": 25}}}
     names = ["grid-magnitude-30", "grid-magnitude-50", "grid-wanda-30", "grid-wanda-50"]
     with Watcher(kube, "grid") as watcher:
@@ -160,8 +195,39 @@ def test_two_by_two_sweep_parallelism_restart_and_a_failed_child(api_server, kub
             finish(kube, names[3], ppl=20.0, sparsity=0.5)
             status = wait_for(lambda: (s := sweep_status(kube, "grid")) and condition(s, "Complete").get("status") == "True"
                               and s, what="Complete")
+            report_job = wait_for(lambda: kube.get_or_none(object_path("batch/v1", "jobs", NS, "grid-report")),
+                                  what="the report Job")
+            table = kube.get(object_path("v1", "configmaps", NS, "grid-report"))
+            s3 = NanioServer(tmp_path / "nanio").start()
+            try:
+                s3.make_bucket("pruned")
+                play_report_pod(report_job, table, tmp_path / "pod", s3.env())
+                from minio import Minio
+                client = Minio(s3.endpoint.removeprefix("http://"), s3.env()["AWS_ACCESS_KEY_ID"],
+                               s3.env()["AWS_SECRET_ACCESS_KEY"], secure=False)
+                written = {o.object_name for o in client.list_objects("pruned", prefix="grid/sweep/", recursive=True)}
+                png = client.get_object("pruned", "grid/sweep/pareto.png").read(8)
+            finally:
+                s3.stop()
+            kube.merge_patch(object_path("batch/v1", "jobs", NS, "grid-report", "status"), {"status": {
+                "active": 0, "succeeded": 1, "conditions": [{"type": "Complete", "status": "True",
+                                                              "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+            reported = wait_for(lambda: (s := sweep_status(kube, "grid")) and (s.get("report") or {}).get("phase")
+                                == "Succeeded" and s, what="the report written")
         finally:
             operator.stop()
+    assert {"grid/sweep/report.md", "grid/sweep/sweep.json", "grid/sweep/pareto.png"} <= written
+    assert png.startswith(b"\x89PNG")
+    assert reported["report"] == {"job": "grid-report", "uri": "s3://pruned/grid/sweep/", "phase": "Succeeded"}
+    assert condition(reported, "ReportWritten")["status"] == "True"
+    assert len(events(kube, "grid", "ReportStarted")) == 1 and events(kube, "grid", "ReportWritten")
+    pod = report_job["spec"]["template"]["spec"]
+    assert report_job["metadata"]["ownerReferences"][0]["kind"] == "PruneSweep"
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["containers"][0]["image"] == FAST.job_image
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in pod["containers"][0]["env"] if "valueFrom" in e}
+    assert secrets == {"s3"}
     assert watcher.most <= 2
     assert sorted(children(kube, "grid")) == names
     assert len(events(kube, "grid", "ChildCreated")) == 4  # each created once, restart included

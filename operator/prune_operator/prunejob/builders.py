@@ -169,22 +169,22 @@ def worker_args(config: OperatorConfig) -> list[str]:
     return ["run", f"{config.spec_dir}/{SPEC_FILE}", "--report", "kubernetes", "--workdir", config.scratch_dir]
 
 
-def _env(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+def scratch_env(config: OperatorConfig) -> list[dict[str, Any]]:
+    """Where a worker pod (read-only root) keeps its home, caches and temporary files, and the operator's extra env."""
     scratch = config.scratch_dir
     env: list[dict[str, Any]] = [
-        {"name": "PRUNEJOB_NAME", "value": owner.name},
-        {"name": "PRUNEJOB_NAMESPACE", "value": owner.namespace},
         {"name": "HOME", "value": f"{scratch}/home"},
         {"name": "XDG_CACHE_HOME", "value": f"{scratch}/cache"},
         {"name": "HF_HOME", "value": f"{scratch}/cache/huggingface"},
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "PRUNE_JOB_PVC_ROOT", "value": PVC_ROOT},
     ]
-    env += [{"name": k, "value": v} for k, v in sorted(config.extra_env.items())]
-    env += ranks.env(spec, rendezvous_host(owner))
-    if spec.model.credentials_secret:  # hf:// token for gated models; read by huggingface_hub, never printed
-        env.append({"name": "HF_TOKEN",
-                    "valueFrom": {"secretKeyRef": {"name": spec.model.credentials_secret, "key": "token"}}})
+    return env + [{"name": k, "value": v} for k, v in sorted(config.extra_env.items())]
+
+
+def output_env(spec: api.PruneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The S3 client's settings for spec.output: the operator's endpoint, then the credentials Secret's keys."""
+    env: list[dict[str, Any]] = []
     if config.s3_endpoint:
         # Listed before the Secret's optional `endpoint`: the kubelet skips a missing
         # optional key, so this default stands unless the Secret names its own.
@@ -197,6 +197,19 @@ def _env(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> list[d
                 ref["optional"] = True
             env.append({"name": variable, "valueFrom": {"secretKeyRef": ref}})
     return env
+
+
+def _env(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "PRUNEJOB_NAME", "value": owner.name},
+        {"name": "PRUNEJOB_NAMESPACE", "value": owner.namespace},
+        *scratch_env(config),
+    ]
+    env += ranks.env(spec, rendezvous_host(owner))
+    if spec.model.credentials_secret:  # hf:// token for gated models; read by huggingface_hub, never printed
+        env.append({"name": "HF_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": spec.model.credentials_secret, "key": "token"}}})
+    return env + output_env(spec, config)
 
 
 def _resources(spec: api.PruneJobSpec) -> dict[str, Any]:
@@ -219,10 +232,13 @@ def pvc_claims(spec: api.PruneJobSpec) -> dict[str, bool]:
     return claims
 
 
-def _volumes(spec: api.PruneJobSpec, config: OperatorConfig, owner: Owner) -> tuple[list[dict], list[dict]]:
+def worker_volumes(config: OperatorConfig, config_map: str, claims: dict[str, bool],
+                   shared_memory: bool = False) -> tuple[list[dict], list[dict]]:
+    """A worker pod's volumes and mounts: its document (a ConfigMap, read-only), scratch, /tmp
+    (the root filesystem is read-only) and the pvc:// claims (read-only unless written)."""
     scratch: dict[str, Any] = {"sizeLimit": config.scratch_size_limit} if config.scratch_size_limit else {}
     volumes = [
-        {"name": "spec", "configMap": {"name": worker_name(owner)}},
+        {"name": "spec", "configMap": {"name": config_map}},
         {"name": "scratch", "emptyDir": scratch},
         {"name": "tmp", "emptyDir": {}},
     ]
@@ -231,13 +247,17 @@ def _volumes(spec: api.PruneJobSpec, config: OperatorConfig, owner: Owner) -> tu
         {"name": "scratch", "mountPath": config.scratch_dir},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    if ranks.shared_memory_needed(spec):
+    if shared_memory:
         volumes.append(ranks.SHM_VOLUME)
         mounts.append(ranks.SHM_MOUNT)
-    for i, (claim, writes) in enumerate(sorted(pvc_claims(spec).items())):
+    for i, (claim, writes) in enumerate(sorted(claims.items())):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writes}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writes})
     return volumes, mounts
+
+
+def _volumes(spec: api.PruneJobSpec, config: OperatorConfig, owner: Owner) -> tuple[list[dict], list[dict]]:
+    return worker_volumes(config, worker_name(owner), pvc_claims(spec), ranks.shared_memory_needed(spec))
 
 
 def _container(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig, mounts: list[dict]) -> dict[str, Any]:
@@ -251,13 +271,29 @@ def _container(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig, mou
         "resources": _resources(spec),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security(),
+    }
+
+
+def container_security() -> dict[str, Any]:
+    """Every worker container: non-root, read-only root filesystem, no privilege, no capability."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_security(config: OperatorConfig) -> dict[str, Any]:
+    """Every worker pod: the configured non-root user, the runtime's default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": config.run_as_user,
+        "runAsGroup": config.run_as_user,
+        "fsGroup": config.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -268,13 +304,7 @@ def _pod_spec(owner: Owner, spec: api.PruneJobSpec, config: OperatorConfig) -> d
         "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "serviceAccountName": worker_name(owner),
         "automountServiceAccountToken": True,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": config.run_as_user,
-            "runAsGroup": config.run_as_user,
-            "fsGroup": config.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(config),
         "containers": [_container(owner, spec, config, mounts)],
         "volumes": volumes,
     }

@@ -106,7 +106,8 @@ def warn_if_foreign(kube: Kube, schedule: dict[str, Any], name: str, logger: Any
 
 
 
-sync_logged = parents.sync_logged(api.SCHEDULE_KIND, sync, lambda config: config.schedule_tick_seconds)
+sync_logged = parents.sync_logged(api.SCHEDULE_KIND, lambda memo, *key: sync(memo.kube, *key),
+                                  lambda config: config.schedule_tick_seconds)
 
 
 RESYNC = Resync(

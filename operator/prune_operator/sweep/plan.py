@@ -17,6 +17,10 @@ and the status to write, given the sweep and the PruneJobs it owns.
   `evaluation.denseBaseline`. If the measurer fails before posting, the next
   child measures. Generation speed is still measured beside every child.
 - The best child (prune_job.sweep.select) is chosen among the finished ones.
+- Once Complete with rows (Failed as a whole included), the report is written
+  by one Job (report_job.py; created once: a Job that exists, or a report in
+  the status, is never created again); `status.report` and the condition
+  ReportWritten follow it.
 """
 from __future__ import annotations
 
@@ -26,11 +30,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
-from prune_job.spec import PruneSweepSpec, PruneSweepStatus
+from prune_job.spec import PruneSweepSpec, PruneSweepStatus, SweepReport
 from prune_job.sweep import grid as sweep_grid
 from prune_job.sweep.select import row, status_from_rows
 from prune_operator import parents
 from prune_operator.conditions import Event, describe_problems
+from prune_operator.sweep import report_job
 
 SWEEP_LABEL = "pruning.dev/sweep"
 COMBINATION_ANNOTATION = "pruning.dev/combination"
@@ -59,6 +64,7 @@ class Plan:
     create: tuple[sweep_grid.Child, ...] = ()
     dense_baseline: Optional[dict[str, Any]] = None  # for the children created now
     events: tuple[Event, ...] = ()
+    write_report: bool = False  # create the report's ConfigMap and Job now
 
 
 @dataclass
@@ -68,7 +74,10 @@ class _Draft:
 
 
 def reconcile(name: str, spec: PruneSweepSpec, status: PruneSweepStatus, children: list[Observed], now: datetime,
-              generation: Optional[int] = None) -> Plan:
+              generation: Optional[int] = None, report: Optional[tuple[str, Optional[str]]] = None,
+              report_refused: Optional[str] = None) -> Plan:
+    """`report`: the report Job's (phase, message) when it exists (report_job.job_phase);
+    `report_refused`: why the operator's policy forbids its pod, if it does."""
     grid = sweep_grid.plan_grid(name, spec.template, spec.matrix)
     seen = {c.name: c for c in children}
     active = sum(1 for c in grid.children if c.name in seen and not seen[c.name].finished)
@@ -82,7 +91,8 @@ def reconcile(name: str, spec: PruneSweepSpec, status: PruneSweepStatus, childre
     draft.status.conditions = status.conditions
     _track(draft, {r.child: r.phase for r in status.rows}, create)
     _decide(draft, now, generation)
-    return Plan(draft.status, create, baseline, tuple(draft.events))
+    write = _report(draft, name, spec, status.report, report, report_refused, now, generation)
+    return Plan(draft.status, create, baseline, tuple(draft.events), write)
 
 
 def _row(child: sweep_grid.Child, observed: Optional[Observed], creating: bool):
@@ -121,6 +131,39 @@ def _decide(draft: _Draft, now: datetime, generation: Optional[int]) -> None:
             draft.events.append(Event("Normal", "Complete", f"{summary}; best: {best.child} ({best.why})"))
         else:
             draft.events.append(Event("Warning", "Complete", f"{summary}; {best.why if best else 'no best'}"))
+
+
+def _report(draft: _Draft, name: str, spec: PruneSweepSpec, before: Optional[SweepReport],
+            observed: Optional[tuple[str, Optional[str]]], refused: Optional[str], now: datetime,
+            generation: Optional[int]) -> bool:
+    """status.report and ReportWritten; True when the report Job is to be created now."""
+    status = draft.status
+    current = SweepReport(job=report_job.report_name(name), uri=report_job.report_uri(spec))
+    write = False
+    if observed is not None:
+        current.phase, current.message = observed
+    elif before is not None:  # its Job is gone (deleted after it finished): never written twice
+        current = before
+    elif status.rows and status.completed == status.total:
+        if refused:
+            current.phase, current.message = "Failed", f"not started: {refused}"
+        else:
+            write = True
+            draft.events.append(Event("Normal", "ReportStarted", f"Job {current.job} writes the report to {current.uri}"))
+    else:
+        return False
+    status.report = current
+    if before is None or before.phase != current.phase:
+        if current.phase == "Succeeded":
+            draft.events.append(Event("Normal", "ReportWritten", f"report.md, sweep.json and pareto.png in {current.uri}"))
+        elif current.phase == "Failed":
+            draft.events.append(Event("Warning", "ReportFailed", f"Job {current.job}: {current.message or 'failed'}"))
+    verdict = {"Succeeded": ("True", "Written", f"report.md, sweep.json and pareto.png in {current.uri}"),
+               "Failed": ("False", "ReportFailed", current.message or f"Job {current.job} failed")}
+    cond_status, reason, message = verdict.get(current.phase, ("False", "Writing", f"Job {current.job} writes it"))
+    status.conditions = parents.set_condition(status.conditions, "ReportWritten", cond_status, reason, message, now,
+                                              generation)
+    return write
 
 
 def needs_dense(spec: PruneSweepSpec) -> bool:
