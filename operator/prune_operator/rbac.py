@@ -15,9 +15,10 @@ Why each is here:
 - prunejobs/finalizers, pruneschedules/finalizers, prunesweeps/finalizers: update, needed to set
   blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement).
 - serviceaccounts, roles, rolebindings, configmaps: the worker's identity and
-  spec, created per PruneJob; services: the headless Service of a multi-pod
+  spec, created per PruneJob (a ConfigMap also holds a finished sweep's table
+  for its report Job); services: the headless Service of a multi-pod
   PruneJob (docs/scaling.md).
-- jobs: create, watch, and patch (runPolicy.suspend).
+- jobs: create, watch, and patch (runPolicy.suspend); a sweep's report Job.
 - pods: read a failed pod's termination reason (e.g. OOMKilled).
 - events: the controllers (conditions.post_events) and Kopf post Events.
 - namespaces, customresourcedefinitions: Kopf's discovery and namespace watch.
