@@ -11,7 +11,7 @@ import pytest
 from operator_harness import pod_identity, wait_for
 from kubeutil import create_prunejob, prunejob, requests_with_token, status_of
 from prune_job.status.kubernetes import KubernetesReporter, progress_document
-from prune_job.spec import Progress, Results
+from prune_job.spec import DenseBaseline, Progress, Results
 
 
 class FlakySender:
@@ -59,6 +59,17 @@ def test_results_are_sent_at_once_and_close_flushes():
     for patch in sender.patches:
         sent.update(patch["status"])
     assert sent["results"]["sparsity"] == 0.5 and sent["progress"]["blocksDone"] == 2
+
+
+def test_a_measured_dense_baseline_is_sent_at_once():
+    sender = FlakySender()
+    reporter = KubernetesReporter("pj", "ns", min_interval=60, sender=sender)
+    reporter.progress(progress(1))
+    reporter.dense_baseline(DenseBaseline(perplexity=21.5, nll=3.07, source="PruneJob pj"))  # a sweep waits on it
+    wait_for(lambda: any("denseBaseline" in p["status"] for p in sender.patches), timeout=5, what="baseline sent")
+    reporter.close()
+    sent = next(p["status"]["denseBaseline"] for p in sender.patches if "denseBaseline" in p["status"])
+    assert sent == {"perplexity": 21.5, "nll": 3.07, "source": "PruneJob pj"}
 
 
 def test_an_unreachable_api_server_never_stops_the_pipeline_and_is_caught_up():
