@@ -1,6 +1,7 @@
 -- Argo CD health check for pruning.dev/PruneSweep.
--- Complete with a best child -> Healthy; Complete with no child within the
--- limits, every child failed, or a refused spec -> Degraded; otherwise
+-- Complete with a best child -> Healthy (Degraded if its report Job failed:
+-- ReportWritten False, reason ReportFailed); Complete with no child within the limits, every child
+-- failed, or a refused spec -> Degraded; otherwise
 -- (children running, or a status for an older generation) -> Progressing.
 local hs = {}
 
@@ -43,7 +44,11 @@ if failed ~= nil and failed.status == "True" then
   hs.message = tostring(failed.message or failed.reason)
 elseif complete ~= nil and complete.status == "True" then
   local best = status.best
-  if best ~= nil and best.child ~= nil then
+  local report = condition(status, "ReportWritten")
+  if report ~= nil and report.reason == "ReportFailed" then
+    hs.status = "Degraded"
+    hs.message = "Report not written: " .. tostring(report.message or report.reason)
+  elseif best ~= nil and best.child ~= nil then
     hs.status = "Healthy"
     hs.message = "Best: " .. best.child .. " (" .. tostring(best.why) .. ")"
   else
