@@ -172,11 +172,10 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     if spec.evaluation.enabled:
         progress.stage("evaluating")
         t_eval = time.perf_counter()
-        dense_dir = prepared.model_dir
-        if spec.model.stream:  # the dense weights were streamed, not stored: evaluation reads them from disk
-            dense_dir = first_on_each_node(world, lambda: resolve_model(spec.model))
-        evaluation = evaluate(job=job, dense_dir=dense_dir, sparse_dir=read_dir,
-                              tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world)
+        # with stream the dense tensors are read from the bucket again, by the same verified ranged GETs
+        evaluation = evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=read_dir,
+                              tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world,
+                              dense=handle.index if spec.model.stream else None)
         seconds_evaluate = time.perf_counter() - t_eval
     peak_host = distributed.peak_over_ranks(world, peak_host_bytes())
     if not world.is_writer:

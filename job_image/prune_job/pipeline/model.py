@@ -178,6 +178,14 @@ class ModelHandle:
             for alias in [name, *self.aliases.get(name, [])]:
                 set_module_tensor_to_device(self.model, alias, self.device, value=value, dtype=dtype)
 
+    def load_all(self) -> nn.Module:
+        """The whole model on the device, every tensor read from the index once and put in
+        place of its meta parameter (no second copy), tied weights tied again after."""
+        for prefix, module in self.model.named_modules():
+            self.load(module, prefix)
+        self.model.tie_weights()
+        return self.model.to(self.device)  # the buffers the model computes itself (rotary tables) were built on the CPU
+
     def release_tree(self, prefix: str) -> None:
         """Send a module's parameters back to the meta device, freeing them."""
         module = self.model.get_submodule(prefix)

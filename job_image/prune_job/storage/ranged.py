@@ -99,6 +99,7 @@ class RemoteWeightIndex:
     """The safetensors objects under one prefix, read tensor by tensor with verified ranged GETs."""
 
     def __init__(self, uri: str, store: Optional[S3Store] = None, prefetch_workers: int = 4):
+        self.uri = uri  # what another process (footprint's) opens again
         self.bucket, prefix = parse_s3_uri(uri)
         self.store = store or S3Store()
         objects = [o for o in self.store.list(self.bucket, prefix) if o[0].endswith(".safetensors")]
