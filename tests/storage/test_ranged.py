@@ -239,3 +239,21 @@ def test_an_object_replaced_before_the_evaluation_reads_it_is_refused(remote_mod
     monkeypatch.setattr(run_module, "evaluate", replace_then_evaluate)
     with pytest.raises(IntegrityError, match="changed while the model was read"):
         run_job(job, tmp_path / "w", show_bar=False)
+
+
+def test_bucket_headers_that_disagree_with_the_config_are_refused_before_any_read(remote_model, tmp_path):
+    import json
+
+    from prune_job.sources.models import ModelFormatError
+
+    _, uri, store = remote_model
+    small = fetch_model_files(uri, tmp_path / "files", store)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps(dict(config, intermediate_size=2 * config["intermediate_size"])))
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        with pytest.raises(ModelFormatError, match="config.json makes"):
+            open_model(small, device=torch.device("cpu"), index=remote)
+        assert not remote.pending  # refused from the headers alone
+    finally:
+        remote.close()
