@@ -148,8 +148,9 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     measured = None  # a sweep's measurer: the dense perplexity before pruning, posted at once for the other children
     ev = spec.evaluation
     if ev.enabled and ev.measure_dense_first and ev.dense_baseline is None:
-        measured = dense_perplexity(job=job, dense_dir=_dense_dir(job, prepared, world), tokenizer=prepared.tokenizer,
-                                    fetch=_fetch, progress=progress, world=world)
+        measured = dense_perplexity(job=job, dense_dir=prepared.model_dir, tokenizer=prepared.tokenizer,
+                                    fetch=_fetch, progress=progress, world=world,
+                                    dense_weights=_dense_weights(job, handle))
         reporter.dense_baseline(measured)
 
     progress.stage("pruning", total=handle.num_blocks)
@@ -179,9 +180,10 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     if spec.evaluation.enabled:
         progress.stage("evaluating")
         t_eval = time.perf_counter()
-        evaluation = evaluate(job=job, dense_dir=_dense_dir(job, prepared, world), sparse_dir=read_dir,
+        # with stream the dense tensors are read from the bucket again, by the same verified ranged GETs
+        evaluation = evaluate(job=job, dense_dir=prepared.model_dir, sparse_dir=read_dir,
                               tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world,
-                              dense=measured)
+                              measured_dense=measured, dense_weights=_dense_weights(job, handle))
         seconds_evaluate = time.perf_counter() - t_eval
     peak_host = distributed.peak_over_ranks(world, peak_host_bytes())
     if not world.is_writer:
@@ -205,11 +207,10 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     return detail
 
 
-def _dense_dir(job: PruneJob, prepared: Prepared, world: World) -> Path:
-    """Where evaluation reads the dense weights: streamed ones were not stored, so they are resolved then."""
-    if job.spec.model.stream:
-        return first_on_each_node(world, lambda: resolve_model(job.spec.model))
-    return prepared.model_dir
+def _dense_weights(job: PruneJob, handle: Any) -> Any:
+    """The dense tensors when the model folder holds only its small files (`model.stream`: the
+    pruning's verified ranged reads from the bucket); None when they are in the folder."""
+    return handle.index if job.spec.model.stream else None
 
 
 def _report_finished(detail: ResultsDetail, uploader: Any, progress: RunProgress,

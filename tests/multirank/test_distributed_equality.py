@@ -122,3 +122,20 @@ def test_solves_spread_largest_first(tiny_model_factory):
     big = max(range(len(groups)), key=lambda k: groups[k].leader.in_features)
     assert owners[big] == 0
     assert assign_owners(groups, 1) == [0] * len(groups)
+
+
+def test_wanda_solves_are_spread_by_their_own_cost(tiny_model_factory):
+    """Wanda sorts rows, it does not factorise: spread by SparseGPT's cost, the down projection's inputs³
+    would leave rank 1 most of the block's weights (8192 against 28672 here); by its own, the ranks'
+    shares differ by less than the largest group."""
+    from prune_job.pipeline.prune import block_targets
+    from prune_job.pipeline.statistics import Group
+
+    handle = open_model(tiny_model_factory("llama", layers=2, hidden=64), device=torch.device("cpu"))
+    handle.load_tree(handle.block_prefix(0))
+    groups = [Group([t]) for t in block_targets(handle, 0, Pruning(method="wanda"))]
+    sizes = [g.leader.get_weight().numel() for g in groups]
+    for factorises, balanced in ((True, False), (False, True)):
+        owners = assign_owners(groups, 2, factorises=factorises)
+        share = [sum(n for n, o in zip(sizes, owners) if o == r) for r in (0, 1)]
+        assert (abs(share[0] - share[1]) <= max(sizes)) == balanced, (factorises, share)

@@ -109,12 +109,12 @@ def test_a_streamed_run_writes_what_a_downloaded_run_writes(remote_model, tmp_pa
 
     from prune_job.cli import main
 
-    monkeypatch.setenv("PRUNE_JOB_CACHE", str(tmp_path / "cache"))
-    _, uri, _ = remote_model
+    folder, uri, _ = remote_model
     ids = tmp_path / "ids.jsonl"
     ids.write_text("\n".join(json.dumps({"input_ids": [(3 * i + j) % 256 for j in range(16)]}) for i in range(4)))
     outs = {}
     for stream in (False, True):
+        monkeypatch.setenv("PRUNE_JOB_CACHE", str(tmp_path / f"cache-{stream}"))
         out = tmp_path / f"out-{stream}"
         doc = {"kind": "PruneJob", "metadata": {"name": "streamed"},
                "spec": {"model": {"uri": uri, "stream": stream}, "output": {"uri": str(out)},
@@ -130,7 +130,7 @@ def test_a_streamed_run_writes_what_a_downloaded_run_writes(remote_model, tmp_pa
             from prune_job.spec import parse_prunejob
 
             prepared = prepare(parse_prunejob(doc))
-            assert prepared.model_dir.is_relative_to(tmp_path / "cache" / "s3-files")
+            assert prepared.model_dir.is_relative_to(tmp_path / "cache-True" / "s3-files")
             assert (prepared.model_dir / "config.json").is_file()
             assert not list(prepared.model_dir.glob("*.safetensors"))
         assert main(["run", str(spec), "--no-progress", "--workdir", str(tmp_path / f"w-{stream}")]) == 0
@@ -139,8 +139,17 @@ def test_a_streamed_run_writes_what_a_downloaded_run_writes(remote_model, tmp_pa
     assert shards and shards == sorted(p.name for p in outs[True].glob("*.safetensors"))
     for name in shards:
         assert (outs[False] / name).read_bytes() == (outs[True] / name).read_bytes()
-    ppl = [json.loads((outs[s] / "results.json").read_text())["perplexity"] for s in (False, True)]
-    assert ppl[0] == ppl[1]
+    results = [json.loads((outs[s] / "results.json").read_text()) for s in (False, True)]
+    assert results[0]["perplexity"] == results[1]["perplexity"]  # dense and sparse, to the last bit
+    runs = results[1]["generationRuns"]  # the whole dense model built from ranged reads, here and in footprint's process
+    assert runs and all(r.get("figures") and not r.get("skipped") for r in runs)
+    assert not [n for n in results[1].get("notes", []) if "not measured" in n]
+    # the downloaded run stored the weights; the streamed one (pruning and evaluation) stored none of them
+    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert sum(p.stat().st_size for p in (tmp_path / "cache-False").rglob("*.safetensors")) == weights
+    for scratch in (tmp_path / "cache-True", tmp_path / "w-True"):
+        assert not list(scratch.rglob("*.safetensors"))
+        assert sum(p.stat().st_size for p in scratch.rglob("*") if p.is_file()) < weights // 10
 
 
 def test_two_ranks_stream_the_model(remote_model, s3_env, tmp_path):
@@ -173,3 +182,78 @@ def test_two_ranks_stream_the_model(remote_model, s3_env, tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["sparsity"] == 0.5 and len(results["layers"]) == 21
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing of the model's weights on disk
+
+
+def test_the_dense_model_for_evaluation_is_filled_from_the_bucket(remote_model, tmp_path):
+    """Evaluation's whole dense model (generation, lm-eval) from ranged reads: the tensors
+    from_pretrained gives, the head tied to the embeddings again, no weight file on disk."""
+    from transformers import AutoModelForCausalLM
+
+    from prune_job.evaluation.weights import load_full_model
+
+    folder, uri, store = remote_model
+    small = fetch_model_files(uri, tmp_path / "files", store)
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        got = load_full_model(small, "float32", torch.device("cpu"), dense=remote)
+    finally:
+        remote.close()
+    want = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert got.state_dict().keys() == want.state_dict().keys()
+    for name, tensor in want.state_dict().items():
+        assert torch.equal(got.state_dict()[name], tensor), name
+    assert got.lm_head.weight is got.model.embed_tokens.weight  # tied: one tensor, not two
+    ids = torch.arange(16).reshape(1, 16)
+    assert torch.equal(got(input_ids=ids).logits, want(input_ids=ids).logits)
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_an_object_replaced_before_the_evaluation_reads_it_is_refused(remote_model, bucket, tmp_path, monkeypatch):
+    """The weights change in the bucket after pruning read them: the evaluation's ranged reads refuse
+    the new version (ETag and size no longer the listed ones) instead of comparing against other weights."""
+    import json
+
+    from prune_job import run as run_module
+    from prune_job.run import run_job
+    from prune_job.spec import parse_prunejob
+
+    monkeypatch.setenv("PRUNE_JOB_CACHE", str(tmp_path / "cache"))
+    folder, uri, store = remote_model
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("\n".join(json.dumps({"input_ids": [(3 * i + j) % 256 for j in range(16)]}) for i in range(4)))
+    job = parse_prunejob({
+        "kind": "PruneJob", "metadata": {"name": "replaced"},
+        "spec": {"model": {"uri": uri, "stream": True}, "output": {"uri": str(tmp_path / "out")},
+                 "pruning": {"method": "magnitude", "sparsity": 0.5},
+                 "evaluation": {"perplexity": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                                "generation": {"enabled": False}}}})
+    [weights] = sorted(folder.glob("*.safetensors"))
+    evaluate = run_module.evaluate
+
+    def replace_then_evaluate(**kwargs):
+        shorter = tmp_path / weights.name
+        shorter.write_bytes(weights.read_bytes()[:-4])  # another size, another ETag
+        store.upload(shorter, bucket, f"models/tiny/{weights.name}")
+        return evaluate(**kwargs)
+
+    monkeypatch.setattr(run_module, "evaluate", replace_then_evaluate)
+    with pytest.raises(IntegrityError, match="changed while the model was read"):
+        run_job(job, tmp_path / "w", show_bar=False)
+
+
+def test_bucket_headers_that_disagree_with_the_config_are_refused_before_any_read(remote_model, tmp_path):
+    import json
+
+    from prune_job.sources.models import ModelFormatError
+
+    _, uri, store = remote_model
+    small = fetch_model_files(uri, tmp_path / "files", store)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps(dict(config, intermediate_size=2 * config["intermediate_size"])))
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        with pytest.raises(ModelFormatError, match="config.json makes"):
+            open_model(small, device=torch.device("cpu"), index=remote)
+        assert not remote.pending  # refused from the headers alone
+    finally:
+        remote.close()

@@ -69,6 +69,7 @@ class Models:
     trust_remote_code: bool = False
     blocks: Optional[str] = None
     sparse_dir: Optional[Path] = None  # where `sparse` was read from, when it is a folder
+    dense: Optional[WeightSource] = None  # the dense tensors when not in dense_dir's files (ranged reads, stream)
 
     @cached_property
     def skeleton(self) -> nn.Module:
@@ -79,13 +80,13 @@ class Models:
         """A meta-device skeleton whose blocks are read one at a time from the dense or the sparse weights."""
         if sparse:
             return streaming_handle(self.dense_dir, self.sparse, self.dtype, self.device,
-                                    self.trust_remote_code, self.blocks)
+                                    self.trust_remote_code, self.blocks, self.dense)
         return open_model(self.dense_dir, self.dtype, self.device, trust_remote_code=self.trust_remote_code,
-                          blocks=self.blocks)
+                          blocks=self.blocks, index=self.dense)
 
     def load(self, sparse: bool) -> nn.Module:
         return load_full_model(self.dense_dir, self.dtype, self.device, self.sparse if sparse else None,
-                               self.trust_remote_code)
+                               self.trust_remote_code, self.dense)
 
 
 def evaluate(
@@ -99,11 +100,14 @@ def evaluate(
     progress: Any = None,
     device: Optional[torch.device] = None,
     world: Optional[World] = None,
-    dense: Optional[DenseBaseline] = None,
+    measured_dense: Optional[DenseBaseline] = None,
+    dense_weights: Optional[WeightSource] = None,
 ) -> Evaluation:
     """Evaluate `sparse_dir` (or `sparse_state`) against `dense_dir`. In a group of ranks
     (`world`) the perplexity windows are shared and the generation benchmark runs on rank 0.
-    `dense`: the dense perplexity this run measured before pruning (dense_perplexity)."""
+    `measured_dense`: the dense perplexity this run measured before pruning (dense_perplexity).
+    `dense_weights`: the dense tensors when dense_dir holds only the small files (`model.stream`:
+    the pruning's RemoteWeightIndex, verified ranged reads from the bucket)."""
     world = world or SingleProcess()
     spec = job.spec
     if (sparse_dir is None) == (sparse_state is None):
@@ -111,10 +115,10 @@ def evaluate(
     models = Models(Path(dense_dir), weight_source(sparse_dir if sparse_dir is not None else sparse_state),
                     spec.model.dtype, torch.device(device) if device else default_device(),
                     spec.model.trust_remote_code, spec.model.blocks,
-                    Path(sparse_dir) if sparse_dir is not None else None)
+                    Path(sparse_dir) if sparse_dir is not None else None, dense_weights)
     result = Evaluation()
     windows = first_on_each_node(world, lambda: eval_windows(job, models, tokenizer, fetch))
-    perplexity(models, windows, result, job, progress, world, dense)
+    perplexity(models, windows, result, job, progress, world, measured_dense)
     if world.is_writer:
         generate(models, job, result, progress)
     if world.is_writer and spec.evaluation.tasks is not None:
@@ -176,13 +180,13 @@ def _streamed_perplexity(models: Models, windows: list[torch.Tensor], variant: s
 def dense_perplexity(*, job: PruneJob, dense_dir: Path, tokenizer: Any = None,
                      fetch: Optional[Callable[[str], Path]] = None, progress: Any = None,
                      device: Optional[torch.device] = None, world: Optional[World] = None,
-                     source: str = "") -> DenseBaseline:
+                     source: str = "", dense_weights: Optional[WeightSource] = None) -> DenseBaseline:
     """The dense perplexity on the evaluation windows, before pruning (evaluation.measureDenseFirst:
-    a sweep's first child posts it so that the others need not measure it); `evaluate(dense=...)` reuses it."""
+    a sweep's first child posts it so that the others need not measure it); `evaluate(measured_dense=...)` reuses it."""
     world = world or SingleProcess()
     spec = job.spec
     models = Models(Path(dense_dir), None, spec.model.dtype, torch.device(device) if device else default_device(),
-                    spec.model.trust_remote_code, spec.model.blocks)
+                    spec.model.trust_remote_code, spec.model.blocks, dense=dense_weights)
     windows = first_on_each_node(world, lambda: eval_windows(job, models, tokenizer, fetch))
     figure = _streamed_perplexity(models, windows, "dense", progress, world)
     return DenseBaseline(perplexity=figure.value, nll=figure.mean_nll if figure.tokens else None,
@@ -291,7 +295,8 @@ def _separate_process_memory(models: Models, variants: list[str], settings: Gene
     memory: Memory = {}
     for k, variant in enumerate(variants):
         recipe = footprint.Recipe(str(models.dense_dir), None if variant == "dense" else str(models.sparse_dir),
-                                  models.dtype, models.trust_remote_code, torch.get_num_threads())
+                                  models.dtype, models.trust_remote_code, torch.get_num_threads(),
+                                  getattr(models.dense, "uri", None))
         try:
             memory[variant] = footprint.in_own_process(recipe, settings)
         except (footprint.MeasurementError, OSError) as err:

@@ -78,6 +78,7 @@ class Recipe:
     dtype: str
     trust_remote_code: bool
     threads: int
+    dense_uri: Optional[str] = None  # s3:// model read with ranged GETs (model.stream): dense_dir holds no weights
 
 
 class MeasurementError(RuntimeError):
@@ -103,7 +104,16 @@ def _child(request: dict) -> dict[int, int]:
     torch.set_num_threads(recipe.threads)
     cpu = torch.device("cpu")
     source = weight_source(Path(recipe.sparse_dir)) if recipe.sparse_dir else None
-    model = load_full_model(Path(recipe.dense_dir), recipe.dtype, cpu, source, recipe.trust_remote_code)
+    dense = None
+    if recipe.dense_uri:
+        from prune_job.storage.ranged import RemoteWeightIndex
+
+        dense = RemoteWeightIndex(recipe.dense_uri)
+    try:
+        model = load_full_model(Path(recipe.dense_dir), recipe.dtype, cpu, source, recipe.trust_remote_code, dense)
+    finally:
+        if dense is not None:
+            dense.close()
     return peaks(model.eval(), GenerationEval.model_validate(request["settings"]), cpu)
 
 

@@ -14,8 +14,8 @@ from typing import Iterable, Mapping, Optional, Protocol, Union
 import torch
 from torch import nn
 
-from prune_job.checkpoint.reader import CompressedReader, load_hf_folder
-from prune_job.pipeline.model import DTYPES, ModelHandle, WeightIndex, open_model, stored_names, tied_aliases
+from prune_job.checkpoint.reader import CompressedReader
+from prune_job.pipeline.model import ModelHandle, WeightIndex, open_model, stored_names, tied_aliases
 
 
 class WeightSource(Protocol):
@@ -67,16 +67,24 @@ def source_keys(source: WeightSource) -> list[str]:
 
 
 def streaming_handle(dense_dir: Path, source: WeightSource, dtype: str, device: torch.device,
-                     trust_remote_code: bool = False, blocks: Optional[str] = None) -> ModelHandle:
-    """The dense model's skeleton, its tensors read from `source` block by block."""
-    handle = open_model(Path(dense_dir), dtype, device, trust_remote_code=trust_remote_code, blocks=blocks)
+                     trust_remote_code: bool = False, blocks: Optional[str] = None,
+                     dense: Optional[WeightSource] = None) -> ModelHandle:
+    """The dense model's skeleton (its tensors in `dense`, default the folder's files), its
+    tensors read from `source` block by block."""
+    handle = open_model(Path(dense_dir), dtype, device, trust_remote_code=trust_remote_code, blocks=blocks,
+                        index=dense)
     return dataclasses.replace(handle, index=source)
 
 
 def load_full_model(dense_dir: Path, dtype: str, device: torch.device, source: Optional[WeightSource] = None,
-                    trust_remote_code: bool = False) -> nn.Module:
-    """The whole model on `device` (for generation); with `source`, every tensor it holds replaces the dense one."""
-    model = load_hf_folder(Path(dense_dir), DTYPES[dtype], device, trust_remote_code)
+                    trust_remote_code: bool = False, dense: Optional[WeightSource] = None) -> nn.Module:
+    """The whole model on `device` (for generation); with `source`, every tensor it holds replaces the dense one.
+    The dense tensors come from `dense` (e.g. ranged reads from the bucket, storage.ranged), else from the
+    folder's files, through the pipeline's loader: the skeleton built empty, each tensor read once into its
+    place (no second copy), with the same renames, tied weights and dtype as the block-streaming forward."""
+    handle = open_model(Path(dense_dir), dtype, device, trust_remote_code=trust_remote_code, index=dense)
+    model = handle.load_all().eval()
+    model.config.use_cache = True  # open_model turns the cache off for the block-streaming forward; decoding uses it
     if source is not None:
         overwrite_weights(model, source)
     return model

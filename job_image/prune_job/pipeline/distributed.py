@@ -156,20 +156,26 @@ def first_on_each_node(world: World, fn: Callable[[], T]) -> T:
 # ---------------------------------------------------------------- statistics and solves
 
 
-def solve_cost(group: Group) -> int:
-    """Work of one group's solve: weights × inputs (SparseGPT adds one factorisation of inputs³)."""
+def solve_cost(group: Group, factorises: bool = True) -> int:
+    """Work of one group's solve. SparseGPT: weights × inputs for the updates plus one
+    factorisation of inputs³ (also ADMM's update and DSnoT). A plain Wanda or magnitude mask
+    only ranks each row's weights (a sort: weights × log2 inputs); with SparseGPT's cost the
+    down projection (inputs³) would outweigh the rest of the block and leave one rank most
+    of the sorting."""
     n_in = group.leader.in_features
-    return sum(t.get_weight().numel() for t in group.members) * n_in + n_in ** 3
+    weights = sum(t.get_weight().numel() for t in group.members)
+    return weights * n_in + n_in ** 3 if factorises else weights * max(1, n_in.bit_length())
 
 
-def assign_owners(groups: Sequence[Group], size: int) -> list[int]:
+def assign_owners(groups: Sequence[Group], size: int, factorises: bool = True) -> list[int]:
     """Rank that solves each group: largest first, each to the least-loaded rank (ties: lowest rank)."""
+    cost = [solve_cost(g, factorises) for g in groups]
     load = [0] * size
     owners = [0] * len(groups)
-    for k in sorted(range(len(groups)), key=lambda k: (-solve_cost(groups[k]), k)):
+    for k in sorted(range(len(groups)), key=lambda k: (-cost[k], k)):
         rank = min(range(size), key=lambda r: (load[r], r))
         owners[k] = rank
-        load[rank] += solve_cost(groups[k])
+        load[rank] += cost[k]
     return owners
 
 
@@ -238,7 +244,8 @@ class DistributedMethod(Method):
     def prune_groups(self, groups: list[Group]) -> None:
         world = self.world
         check_same_groups(world, groups)
-        owners = assign_owners(groups, world.size)
+        plain_mask = self.pruning.effective_update == "none" and self.pruning.refine == "none"
+        owners = assign_owners(groups, world.size, factorises=not plain_mask)  # an update or DSnoT reads the Hessian
         if self.permuter is not None:  # the solver folds the consumer; producers wait for fold_permutations
             self.permuter.defer_producers = True
         if self.pruning.needs_calibration:

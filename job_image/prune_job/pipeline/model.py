@@ -178,6 +178,14 @@ class ModelHandle:
             for alias in [name, *self.aliases.get(name, [])]:
                 set_module_tensor_to_device(self.model, alias, self.device, value=value, dtype=dtype)
 
+    def load_all(self) -> nn.Module:
+        """The whole model on the device, every tensor read from the index once and put in
+        place of its meta parameter (no second copy), tied weights tied again after."""
+        for prefix, module in self.model.named_modules():
+            self.load(module, prefix)
+        self.model.tie_weights()
+        return self.model.to(self.device)  # the buffers the model computes itself (rotary tables) were built on the CPU
+
     def release_tree(self, prefix: str) -> None:
         """Send a module's parameters back to the meta device, freeing them."""
         module = self.model.get_submodule(prefix)
@@ -288,9 +296,11 @@ def check_shapes(model: nn.Module, index: "WeightIndex", stored_as: dict[str, st
     """Every stored tensor the skeleton uses has the shape config.json gives it (before any read)."""
     for name, param in model.state_dict(keep_vars=True).items():
         stored = index.location.get(stored_as.get(name, name))
-        if isinstance(stored, StoredTensor) and tuple(stored.shape) != tuple(param.shape):
-            raise ModelFormatError(f"{stored.path.name}: tensor {stored_as.get(name, name)} has shape "
-                                   f"{list(stored.shape)}, but config.json makes {name} {list(param.shape)}")
+        shape = getattr(stored, "shape", None)  # a local file's or a bucket object's header entry
+        if shape is not None and tuple(shape) != tuple(param.shape):
+            where = stored.path.name if isinstance(stored, StoredTensor) else stored.key
+            raise ModelFormatError(f"{where}: tensor {stored_as.get(name, name)} has shape "
+                                   f"{list(shape)}, but config.json makes {name} {list(param.shape)}")
 
 
 def default_device() -> torch.device:

@@ -14,7 +14,9 @@ i+1 in the background, so the next block's bytes arrive while this one is pruned
 (one block of host memory more).
 
 `fetch_model_files` brings only the small files (config, tokenizer, index JSON) into
-a local folder, which is all `open_model` reads from disk.
+a local folder, which is all `open_model` reads from disk. The evaluation reads the
+dense model through the same index (its perplexity block by block, its whole models
+with `ModelHandle.load_all`), so nothing of the weights is written to disk.
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ class RemoteWeightIndex:
     """The safetensors objects under one prefix, read tensor by tensor with verified ranged GETs."""
 
     def __init__(self, uri: str, store: Optional[S3Store] = None, prefetch_workers: int = 4):
+        self.uri = uri  # what another process (footprint's) opens again
         self.bucket, prefix = parse_s3_uri(uri)
         self.store = store or S3Store()
         objects = [o for o in self.store.list(self.bucket, prefix) if o[0].endswith(".safetensors")]
