@@ -19,7 +19,7 @@ from prune_job.spec import Pattern
 
 PERMUTE_ROUNDS = 100
 WINDOW = 4  # rounds over which the relative gain is judged
-MIN_GAIN = 1e-3  # stop when WINDOW rounds together raised the kept score by less than this fraction
+MIN_GAIN = 5e-4  # stop when WINDOW rounds together raised the kept score by less than this fraction (down_proj: ~1 s, 86% of 100 rounds' gain)
 
 
 def kept_score(S: torch.Tensor, pattern: Pattern) -> torch.Tensor:
