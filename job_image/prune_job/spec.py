@@ -156,7 +156,7 @@ class Pruning(ApiModel):
     refine_cycles: int = Field(100, ge=1, le=10000, description="DSnoT: most swaps per output row")
     allocation: Literal["uniform", "owl"] = Field("uniform", description="uniform: every block at `sparsity`; owl: "
                                                   "per-block sparsity from outlier ratios, model-wide mean exact")
-    owl_m: float = Field(5.0, gt=0.0, le=1000.0, description="OWL: a score is an outlier above owlM times its layer's mean")
+    owl_m: float = Field(5.0, gt=0.0, le=1000.0, description="OWL: a score is an outlier above owlM times its block's mean")
     owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: largest deviation of a block from `sparsity`")
     permute: bool = Field(False, description="N:M: reorder MLP intermediate channels and attention value channels "
                           "(folded into the producing layers) to raise the score N:M keeps")

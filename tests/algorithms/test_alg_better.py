@@ -106,6 +106,15 @@ def test_outlier_ratio_counts_above_m_times_mean():
     assert count.ratio == pytest.approx(1 / 20)
 
 
+def test_outlier_threshold_is_the_mean_over_the_whole_block():
+    # alone, each layer has no score above 5x its own mean; together, the large layer's scores
+    # are above 5x the block's mean (OWL concatenates a block's scores before counting)
+    count = OutlierCount(m=5.0)
+    count.add(torch.full((1, 100), 0.01), torch.ones(100))
+    count.add(torch.ones(1, 4), torch.ones(4))
+    assert count.ratio == pytest.approx(4 / 104)
+
+
 def test_admm_refuses_non_finite_statistics():
     W, X, H = problem()
     H[2, 3] = float("nan")

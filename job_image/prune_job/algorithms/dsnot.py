@@ -37,31 +37,32 @@ def dsnot_refine(W: torch.Tensor, keep: torch.Tensor, H: torch.Tensor, pattern: 
     keep = keep.clone()
     G = (w * (~keep)) @ Hd  # H d per row
     hdiag = torch.diagonal(Hd)
-    rows = torch.arange(W.shape[0], device=W.device)
     group = torch.arange(W.shape[1], device=W.device) // (pattern.m if pattern else W.shape[1])
-    for _ in range(cycles):
-        if not _swap(w, keep, G, Hd, hdiag, rows, group):
+    active = torch.arange(W.shape[0], device=W.device)  # rows still swapping: a row that found no
+    for _ in range(cycles):  # improving swap keeps its state, so it never finds one later
+        if active.numel() == 0:
             break
+        active = _swap(w, keep, G, Hd, hdiag, active, group)
     return keep
 
 
-def _swap(w, keep, G, Hd, hdiag, rows, group) -> bool:
-    """One prune-and-grow step in every row; returns whether any row changed."""
+def _swap(w, keep, G, Hd, hdiag, active, group) -> torch.Tensor:
+    """One prune-and-grow step in each active row (in place); returns the rows that swapped."""
     inf = torch.tensor(float("inf"), dtype=w.dtype, device=w.device)
-    grow = torch.where(keep, inf, w * (w * hdiag - 2 * G))
+    wa, ka, Ga = w[active], keep[active], G[active]
+    local = torch.arange(active.numel(), device=w.device)
+    grow = torch.where(ka, inf, wa * (wa * hdiag - 2 * Ga))
     j = grow.argmin(dim=1)
-    wj = w[rows, j]
-    G_after = G - wj.unsqueeze(1) * Hd[j]
-    allowed = keep & (group.unsqueeze(0) == group[j].unsqueeze(1))
-    prune = torch.where(allowed, w * (w * hdiag + 2 * G_after), inf)
+    wj = wa[local, j]
+    G_after = Ga - wj.unsqueeze(1) * Hd[j]
+    allowed = ka & (group.unsqueeze(0) == group[j].unsqueeze(1))
+    prune = torch.where(allowed, wa * (wa * hdiag + 2 * G_after), inf)
     k = prune.argmin(dim=1)
-    gain = grow[rows, j] + prune[rows, k]
-    scale = (w * w * hdiag).sum(dim=1)
+    gain = grow[local, j] + prune[local, k]
+    scale = (wa * wa * hdiag).sum(dim=1)
     take = torch.isfinite(gain) & (gain < -1e-12 * scale)
-    if not bool(take.any()):
-        return False
-    r, j, k = rows[take], j[take], k[take]
+    r, j, k = active[take], j[take], k[take]
     keep[r, j] = True
     keep[r, k] = False
-    G[r] = G_after[r] + w[r, k].unsqueeze(1) * Hd[k]
-    return True
+    G[r] = G_after[take] + w[r, k].unsqueeze(1) * Hd[k]
+    return r
