@@ -55,7 +55,8 @@ def tiny_model(folder: Path) -> str:
 
 
 def spec(a: argparse.Namespace, model: str, calib: str, out: Path) -> dict:
-    sparsity = 0.5 if a.pattern == "unstructured" else 0.0
+    n, _, m = a.pattern.partition(":")
+    sparsity = 0.5 if a.pattern == "unstructured" else 1 - int(n) / int(m)  # N:M: the sparsity it removes
     return {
         "apiVersion": "pruning.dev/v1alpha1", "kind": "PruneJob", "metadata": {"name": "profile"},
         "spec": {

@@ -10,6 +10,7 @@ from prune_job.algorithms import (
     magnitude_prune,
     removed_count,
     sparsegpt_prune,
+    sparsegpt_prune_shared,
     wanda_prune,
 )
 from prune_job.algorithms import sparsegpt
@@ -178,6 +179,44 @@ def test_hessian_stats_is_the_running_mean_over_batches():
     expected = 2.0 / X.shape[0] * (X.double().T @ X.double())
     torch.testing.assert_close(stats.H.double(), expected, rtol=1e-5, atol=1e-3)
     assert stats.n == 1000 and stats.H.dtype == torch.float32
+
+
+def test_hessian_stats_upper_slabs_give_the_full_symmetric_product(monkeypatch):
+    """`add` computes only the upper block triangle, a slab of rows at a time; H as read is the
+    whole product, exactly symmetric, also when batches arrive after a read."""
+    monkeypatch.setattr(HessianStats, "SLAB", 5)  # 12 inputs: slabs of 5, 5, 2
+    X = activations(300, 12, 4) * 10
+    stats = HessianStats(12)
+    stats.add(X[:100])
+    first = stats.H.clone()
+    stats.add(X[100:])
+    for H, part in ((first, X[:100]), (stats.H, X)):
+        assert torch.equal(H, H.T)
+        expected = 2.0 / part.shape[0] * (part.double().T @ part.double())
+        torch.testing.assert_close(H.double(), expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("pattern", [None, Pattern(2, 4)])
+@pytest.mark.parametrize("rows", [(64, 32, 32), (16, 8, 6)])
+def test_one_sweep_of_weights_sharing_a_factor_equals_one_at_a_time(pattern, rows):
+    """q/k/v (or gate/up) swept together as stacked rows: the same results as each alone (the same
+    bits where BLAS takes the same kernel for both widths, as for SmolLM2's layers; weights of a
+    few rows may differ in the last bit), and each weight keeps its own count per column block."""
+    cols = 32
+    stats = HessianStats(cols)
+    stats.add(activations(300, cols, 5))
+    factor = factorise(stats.H, 0.01)
+    weights = [weight(r, cols, seed) for seed, r in enumerate(rows)]
+    together = sparsegpt_prune_shared(weights, factor, 0.5, pattern, 16)
+    for W, got in zip(weights, together):
+        alone = sparsegpt_prune(W, factor, 0.5, pattern, 16)
+        if rows[-1] >= 32:
+            assert torch.equal(got, alone)
+        torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got == 0, alone == 0)
+        if pattern is None:
+            zeros = (got.reshape(W.shape[0], 2, 16) == 0).sum(dim=(0, 2))
+            assert zeros.tolist() == [removed_count(W.shape[0] * 16, 0.5)] * 2
 
 
 def test_stats_accept_half_inputs_and_accumulate_in_fp32():

@@ -105,6 +105,32 @@ def test_sequential_statistics_stop_at_the_group_leader(tiny_model_factory):
     assert found[0].stats.n == 4 * inputs[0].hidden.shape[0] * inputs[0].hidden.shape[1]
 
 
+def test_statistics_forward_stops_once_every_leader_has_its_input(tiny_model_factory):
+    """Without `sequential`, after the first micro-batch the forward stops at the last leader's
+    input: the block's output (down_proj and after) is computed by the propagation forward only."""
+    from prune_job.pipeline.forward import capture_block_inputs
+    from prune_job.pipeline.prune import block_targets
+    from prune_job.pipeline.statistics import GroupCollector
+    from prune_job import algorithms
+
+    handle = open_model(tiny_model_factory("llama"), device=torch.device("cpu"))
+    inputs = capture_block_inputs(handle, calibration(n=8))
+    handle.load_tree(handle.block_prefix(0))
+    targets = block_targets(handle, 0, Pruning(method="sparsegpt", sparsity=0.5, sequential=False))
+    down = next(t for t in targets if t.name.endswith("down_proj"))
+    ran = []
+    hook = down.module.register_forward_hook(lambda *_: ran.append(1))
+    try:
+        groups = GroupCollector(targets, lambda n, d: algorithms.HessianStats(n, d)).run(
+            handle.blocks[0], inputs, handle.device)
+    finally:
+        hook.remove()
+    assert [len(g.members) for g in groups] == [3, 1, 2, 1]  # q/k/v, o, gate/up, down
+    assert len(ran) == 1  # down_proj itself ran only in the first (learning) micro-batch
+    tokens = sum(mb.hidden.shape[0] * mb.hidden.shape[1] for mb in inputs)
+    assert all(g.stats.n == tokens for g in groups)  # every leader saw every micro-batch
+
+
 def in_memory_sequential(path, pruning, batches):
     """Reference: the whole model in memory; in each block, each group (q/k/v, o, gate/up, down) pruned
     with Wanda from a full forward through everything pruned before it."""

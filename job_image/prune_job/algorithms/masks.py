@@ -98,11 +98,12 @@ def _keep_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     threshold = scores.kthvalue(k, dim=1, keepdim=True).values
     if torch.isnan(threshold).any():
         raise ValueError("pruning scores contain NaN: the weight or its statistics are not finite")
+    at_most = scores <= threshold
+    if bool((torch.count_nonzero(at_most, dim=1) == k).all()):  # the usual case: no tie to resolve by index
+        return at_most.logical_not_()
     remove = scores < threshold
     tie = scores == threshold
     need = k - remove.sum(dim=1)  # how many tied entries each row still loses (>= 1)
-    if bool((tie.sum(dim=1) == need).all()):  # the usual case: every tie goes (no index order to resolve)
-        return ~remove.logical_or_(tie)
     rows, cols = tie.nonzero(as_tuple=True)  # row-major: ties of a row in column order
     counts = torch.bincount(rows, minlength=scores.shape[0])
     first = torch.cumsum(counts, 0) - counts

@@ -21,7 +21,7 @@ from prune_job.algorithms.dsnot import dsnot_refine
 from prune_job.algorithms.magnitude import magnitude_prune
 from prune_job.algorithms.masks import is_noop, select_mask
 from prune_job.algorithms.ria import ria_scores
-from prune_job.algorithms.sparsegpt import Factor, factorise, sparsegpt_prune
+from prune_job.algorithms.sparsegpt import Factor, factorise, sparsegpt_prune, sparsegpt_prune_shared
 from prune_job.algorithms.wanda import column_sq_norms
 from prune_job.spec import Pruning
 
@@ -40,17 +40,27 @@ def layer_factor(pruning: Pruning, H: Optional[torch.Tensor]) -> Optional[Factor
     return factorise(H, pruning.dampening, overwrite=not keep_H)
 
 
+def obs_sweeps(weights: list[torch.Tensor], pruning: Pruning, sparsity: float,
+               factor: Optional[Factor]) -> list[Optional[torch.Tensor]]:
+    """SparseGPT's OBS sweep of all the weights that share `factor`, in one pass (one None
+    per weight for other methods); each result goes to `prune_weight` as `swept`."""
+    if pruning.method != "sparsegpt" or is_noop(sparsity, pruning.nm):
+        return [None] * len(weights)
+    return sparsegpt_prune_shared(weights, factor, sparsity, pruning.nm, pruning.block_size)
+
+
 def prune_weight(W: torch.Tensor, pruning: Pruning, sparsity: float, stats: Any,
-                 factor: Optional[Factor] = None) -> torch.Tensor:
+                 factor: Optional[Factor] = None, swept: Optional[torch.Tensor] = None) -> torch.Tensor:
     """W [out, in] -> W' (same dtype/device) at `sparsity` (the block's, under OWL allocation).
-    `stats`: WandaStats or HessianStats of the layer's input (None for magnitude)."""
+    `stats`: WandaStats or HessianStats of the layer's input (None for magnitude); `swept`:
+    W's OBS sweep when `obs_sweeps` already made it."""
     nm = pruning.nm
     if is_noop(sparsity, nm):
         return W
     if pruning.method == "magnitude":
         return magnitude_prune(W, sparsity, nm)
     if pruning.method == "sparsegpt":
-        pruned = sparsegpt_prune(W, factor, sparsity, nm, pruning.block_size)
+        pruned = swept if swept is not None else sparsegpt_prune(W, factor, sparsity, nm, pruning.block_size)
         if pruning.effective_update == "obs":
             return pruned
         keep = pruned != 0

@@ -101,10 +101,13 @@ class Method:
                 self.permuter.fold(group.members, group.stats)
         with stage("factorise"):
             factor = recipe.layer_factor(p, group.stats.H) if p.method == "sparsegpt" else None
-        for t in group.members:
+        weights = [t.get_weight() for t in group.members]
+        with stage("solve"):
+            swept = recipe.obs_sweeps(weights, p, self.sparsity, factor)  # the group's weights in one sweep
+        for t, W, obs in zip(group.members, weights, swept):
             try:
                 with stage("solve"):
-                    new = recipe.prune_weight(t.get_weight(), p, self.sparsity, group.stats, factor)
+                    new = recipe.prune_weight(W, p, self.sparsity, group.stats, factor, obs)
             except algorithms.FactorizationError as err:
                 raise algorithms.FactorizationError(f"{t.name}: {err}") from None
             t.set_weight(new)

@@ -41,9 +41,11 @@ def _input_key(x: torch.Tensor) -> tuple:
 @dataclass
 class GroupCollector:
     """Hooks that learn the groups on the first micro-batch and then feed each
-    group's accumulator. With `first_group_only`, the forward is stopped as soon
-    as a layer outside the first group is reached (sequential pruning), and after
-    the first micro-batch as soon as the group's leader has seen its input."""
+    group's accumulator. After the first micro-batch, each forward is stopped as soon
+    as every leader has seen its input (the block's output is not needed: the
+    propagation forward computes it with the pruned weights). With `first_group_only`,
+    the forward is stopped as soon as a layer outside the first group is reached
+    (sequential pruning)."""
 
     targets: list[Target]
     make_stats: Optional[Callable[[int, torch.device], Any]]
@@ -52,6 +54,8 @@ class GroupCollector:
     _group_of: dict[int, Group] = field(default_factory=dict)
     _learning: bool = True
     _seen: dict[tuple, tuple[torch.Tensor, Group]] = field(default_factory=dict)
+    _calls: int = 0  # leader inputs seen in this micro-batch
+    _needed: int = 0  # leader inputs of the first micro-batch: once seen, the rest of a forward is not needed
 
     def _hook(self, target: Target) -> Callable:
         def hook(_module: nn.Module, args: tuple) -> None:
@@ -61,10 +65,12 @@ class GroupCollector:
                 group = self._learn(target, x)
             if group is None or (self.first_group_only and group is not self.groups[0]):
                 raise StopForward
-            if target is group.leader and group.stats is not None:
-                group.stats.add(x)
-            if self.first_group_only and not self._learning and target is group.leader:
-                raise StopForward  # the members are known and the leader has the input: the rest is not needed
+            if target is group.leader:
+                if group.stats is not None:
+                    group.stats.add(x)
+                self._calls += 1
+                if not self._learning and self._calls == self._needed:
+                    raise StopForward  # the members are known and every leader has its input
 
         return hook
 
@@ -95,8 +101,10 @@ class GroupCollector:
     def run(self, block: nn.Module, inputs: list[MicroBatch], device: torch.device) -> list[Group]:
         with stage("statistics"), self.hooked(), torch.no_grad():
             for mb in inputs:
+                self._calls = 0
                 with contextlib.suppress(StopForward):
                     mb.call(block, device)
-                self._learning = False
+                if self._learning:
+                    self._needed, self._learning = self._calls, False
                 self._seen.clear()
         return self.groups[:1] if self.first_group_only else self.groups
