@@ -160,6 +160,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
     if write_dir is None:
         pruned, written = prune_model(handle, spec.pruning, batches, None, method=method, journal=replay), None
         seconds_prune = time.perf_counter() - t_prune
+        _verify_source(job, handle)
     else:
         write_dir.mkdir(parents=True, exist_ok=True)
         with made_durable_on_interrupt(uploader, journal), CheckpointWriter(
@@ -170,6 +171,7 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
                                  journal=journal_of_rank.attach(writer) if journal_of_rank is not None else None)
             seconds_prune = time.perf_counter() - t_prune
             progress.stage("writing")
+            _verify_source(job, handle)  # before the manifest makes the checkpoint complete
             for name in COPIED_FILES:
                 if (prepared.model_dir / name).is_file():
                     writer.add_file(name, prepared.model_dir / name)
@@ -185,6 +187,8 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
                               tokenizer=prepared.tokenizer, fetch=_fetch, progress=progress, world=world,
                               measured_dense=measured, dense_weights=_dense_weights(job, handle))
         seconds_evaluate = time.perf_counter() - t_eval
+    if spec.model.stream:
+        handle.index.close()  # its prefetch threads
     peak_host = distributed.peak_over_ranks(world, peak_host_bytes())
     if not world.is_writer:
         return None
@@ -211,6 +215,12 @@ def _dense_weights(job: PruneJob, handle: Any) -> Any:
     """The dense tensors when the model folder holds only its small files (`model.stream`: the
     pruning's verified ranged reads from the bucket); None when they are in the folder."""
     return handle.index if job.spec.model.stream else None
+
+
+def _verify_source(job: PruneJob, handle: Any) -> None:
+    """Under `model.stream`, check the objects whose sha256 the source records (storage/ranged.py)."""
+    if job.spec.model.stream:
+        handle.index.verify()
 
 
 def _report_finished(detail: ResultsDetail, uploader: Any, progress: RunProgress,

@@ -170,7 +170,9 @@ def test_two_ranks_stream_the_model(remote_model, s3_env, tmp_path):
            "spec": {"model": {"uri": uri, "stream": True}, "output": {"uri": str(tmp_path / "out")},
                     "pruning": {"method": "sparsegpt", "sparsity": 0.5, "blockSize": 16},
                     "calibration": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
-                    "evaluation": {"enabled": False}}}
+                    "evaluation": {"perplexity": {"uri": str(ids), "samples": 4, "sequenceLength": 16},
+                                   "generation": {"batchSizes": [1], "promptTokens": 4, "newTokens": 2,
+                                                  "repeats": 1}}}}
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(doc))
     env = dict(os.environ, **s3_env.env(), PRUNE_JOB_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
@@ -181,6 +183,9 @@ def test_two_ranks_stream_the_model(remote_model, s3_env, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["sparsity"] == 0.5 and len(results["layers"]) == 21
+    ppl = results["perplexity"]  # windows split over the ranks, the dense model read from the bucket too
+    assert 1 < ppl["dense"] < float("inf") and 1 < ppl["sparse"] < float("inf")
+    assert results["generationRuns"]
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing of the model's weights on disk
 
 
@@ -255,5 +260,102 @@ def test_bucket_headers_that_disagree_with_the_config_are_refused_before_any_rea
         with pytest.raises(ModelFormatError, match="config.json makes"):
             open_model(small, device=torch.device("cpu"), index=remote)
         assert not remote.pending  # refused from the headers alone
+    finally:
+        remote.close()
+
+
+# -- the sha256 the source records ---------------------------------------------------------------
+
+def test_a_digest_fed_in_any_order_within_a_small_budget_checks_the_whole_object():
+    import hashlib
+    import random
+
+    from prune_job.storage.ranged import HoldBudget, ObjectDigest
+
+    data = bytes(random.Random(0).randrange(256) for _ in range(10_000))
+    ranges = [(s, min(s + 700, len(data))) for s in range(0, len(data), 700)]
+    random.Random(1).shuffle(ranges)
+    budget = HoldBudget(limit=2_000)  # holds at most two ranges ahead: the rest is read again at the end
+    digest = ObjectDigest("s3://b/k", len(data), hashlib.sha256(data).hexdigest(), budget)
+    for start, end in ranges[:-3]:  # three ranges never read, like a tensor the run does not use
+        digest.feed(start, data[start:end])
+    reads = []
+    digest.finish(lambda offset, length: reads.append(length) or bytearray(data[offset:offset + length]))
+    assert digest.checked and budget.used == 0
+    assert 3 * 700 <= sum(reads) < len(data)  # the missing bytes, not the whole object
+
+    wrong = ObjectDigest("s3://b/k", len(data), hashlib.sha256(b"other").hexdigest(), HoldBudget())
+    with pytest.raises(IntegrityError, match="sha256 of the bytes read"):
+        for start, end in sorted(ranges):
+            wrong.feed(start, data[start:end])
+
+
+def test_bytes_that_disagree_with_the_recorded_sha256_are_refused(remote_model, bucket):
+    """The object's `x-amz-meta-sha256` (our uploads set it) says what the bytes must hash to."""
+    import io
+
+    folder, uri, store = remote_model
+    [weights] = sorted(folder.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the last tensor, under the original file's sha256
+    from prune_job.storage.checksums import sha256_file
+    from prune_job.storage.transfer import SHA_META
+    store.client.put_object(bucket, f"models/tiny/{weights.name}", io.BytesIO(bytes(data)), len(data),
+                            metadata={SHA_META: sha256_file(weights)})
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        with pytest.raises(IntegrityError, match="sha256 of the bytes read"):
+            remote.read(sorted(remote.location))
+            remote.verify()
+    finally:
+        remote.close()
+
+
+def test_a_checkpoint_of_ours_is_checked_against_its_manifest_block_by_block(bucket, tiny_model_factory, tmp_path):
+    """A dense checkpoint written by this project (one block per shard, a manifest with each
+    file's sha256): each shard is checked as its block is read, before it is pruned; a shard
+    changed in the bucket after the manifest was written is refused."""
+    import io
+
+    from prune_job.checkpoint.writer import CheckpointWriter
+    from prune_job.pipeline.model import WeightIndex
+
+    folder = tiny_model_factory("llama", layers=3, hidden=64)
+    local = WeightIndex(sorted(folder.glob("*.safetensors")))
+    handle = open_model(folder, device=torch.device("cpu"))
+    ckpt = tmp_path / "ckpt"
+    with CheckpointWriter(ckpt, format="dense") as writer:
+        blocks = [[key for _, key in handle.state_keys(handle.block_prefix(i))] for i in range(handle.num_blocks)]
+        in_blocks = {k for keys in blocks for k in keys}
+        for keys in [sorted(set(local.location) - in_blocks), *blocks]:
+            for key, value in local.read(keys).items():
+                writer.add(key, value)
+            writer.end_block()
+        writer.add_file("config.json", folder / "config.json")
+        writer.finish()
+    store = S3Store()
+    for path in ckpt.iterdir():  # plain puts: the manifest alone records the sha256s
+        store.client.put_object(bucket, f"ours/{path.name}", io.BytesIO(path.read_bytes()), path.stat().st_size)
+    uri = f"s3://{bucket}/ours/"
+
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        assert len(remote.digests) == len(list(ckpt.glob("*.safetensors")))
+        remote.read(blocks[1])
+        block1_shard = remote.location[blocks[1][0]].key
+        assert remote.digests[block1_shard].checked  # as soon as its block was read
+        remote.verify()
+        assert all(d.checked for d in remote.digests.values())
+    finally:
+        remote.close()
+
+    data = bytearray((ckpt / block1_shard.rsplit("/", 1)[1]).read_bytes())
+    data[-1] ^= 0x01
+    store.client.put_object(bucket, block1_shard, io.BytesIO(bytes(data)), len(data))
+    remote = RemoteWeightIndex(uri, store)
+    try:
+        remote.read(blocks[0])
+        with pytest.raises(IntegrityError, match="sha256 of the bytes read"):
+            remote.read(blocks[1])
     finally:
         remote.close()

@@ -108,7 +108,9 @@ def _child(request: dict) -> dict[int, int]:
     if recipe.dense_uri:
         from prune_job.storage.ranged import RemoteWeightIndex
 
-        dense = RemoteWeightIndex(recipe.dense_uri)
+        # the run's own index checked these objects' sha256; the ETags pin the same versions here,
+        # and a digest's held ranges would count in the memory this process measures
+        dense = RemoteWeightIndex(recipe.dense_uri, check_sha256=False)
     try:
         model = load_full_model(Path(recipe.dense_dir), recipe.dtype, cpu, source, recipe.trust_remote_code, dense)
     finally:

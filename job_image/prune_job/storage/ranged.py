@@ -8,7 +8,13 @@ safetensors object's header is read with two small ranged GETs (its 8-byte lengt
 then the JSON), each tensor with one ranged GET of exactly its bytes. Every range is
 verified: the object's ETag in the response must be the one listed when the index
 was built (an object replaced mid-run is refused, never mixed), the byte count must
-be the range's, and every tensor must lie inside its object's listed size. Given the
+be the range's, and every tensor must lie inside its object's listed size. Where the
+source records a sha256 for an object (its manifest.json, or the `x-amz-meta-sha256`
+our uploads set), the object's digest is also computed from the ranges as they are
+read (`ObjectDigest`): a block's tensors are fed in file order, so a checkpoint written
+by this project (one block per shard) is checked before its block is pruned; what is
+never read, or arrives too far out of order to hold, is read once more by `verify`,
+which the run calls before it writes anything. Given the
 blocks' keys in order (`plan`), reading any tensor of block i starts fetching block
 i+1 in the background, so the next block's bytes arrive while this one is pruned
 (one block of host memory more).
@@ -22,11 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -36,6 +44,8 @@ from prune_job.storage.errors import IntegrityError, StorageError
 from prune_job.storage.transfer import MiB
 
 MAX_HEADER_BYTES = 100 * MiB  # safetensors' own limit
+HOLD_BYTES = 64 * MiB  # ranges kept ahead of an object's hashed prefix; beyond it `verify` reads them again
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,15 +84,120 @@ def read_range(store: S3Store, bucket: str, key: str, etag: str, offset: int, le
     return buf
 
 
-def read_header(store: S3Store, bucket: str, key: str, size: int, etag: str) -> dict[str, RemoteTensor]:
+class HoldBudget:
+    """Bytes the digests of one index may hold ahead of their hashed prefixes, together."""
+
+    def __init__(self, limit: int = HOLD_BYTES):
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+class ObjectDigest:
+    """The sha256 of one object, computed from ranges read in any order and checked against
+    the one its source records. Bytes that continue the hashed prefix are hashed at once;
+    ranges further on are held (within the index's HoldBudget) until the gap before
+    them is filled; a range already hashed, or one that does not fit, is passed over, and
+    `finish` reads whatever the prefix still lacks."""
+
+    def __init__(self, uri: str, size: int, expected: str, budget: "HoldBudget"):
+        self.uri, self.size, self.expected = uri, size, expected.lower()
+        self._hash = hashlib.sha256()
+        self._upto = 0  # bytes hashed, from the start
+        self._held: dict[int, bytes] = {}
+        self._budget = budget
+        self._lock = threading.Lock()
+        self.checked = False
+
+    def feed(self, start: int, data: Union[bytes, bytearray, memoryview]) -> None:
+        with self._lock:
+            if start == self._upto:
+                self._consume(data)
+            elif start > self._upto and start not in self._held and self._budget.take(len(data)):
+                self._held[start] = bytes(data)
+            if self._upto == self.size:
+                self._check()
+
+    def finish(self, read: Callable[[int, int], bytearray]) -> None:
+        """Read (`read(offset, length)`) the bytes never fed, hash them in order, and check."""
+        with self._lock:
+            while self._upto < self.size:
+                ahead = [s for s in self._held if s > self._upto]
+                stop = min(ahead + [self.size, self._upto + 64 * MiB])
+                self._consume(read(self._upto, stop - self._upto))
+            self._check()
+
+    def _consume(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        self._hash.update(data)
+        self._upto += len(data)
+        while self._upto in self._held:
+            piece = self._held.pop(self._upto)
+            self._budget.give(len(piece))
+            self._hash.update(piece)
+            self._upto += len(piece)
+        for start in [s for s in self._held if s < self._upto]:  # overlapped what was hashed (a bad header)
+            self._budget.give(len(self._held.pop(start)))
+
+    def _check(self) -> None:
+        if self.checked:
+            return
+        got = self._hash.hexdigest()
+        if got != self.expected:
+            raise IntegrityError(f"{self.uri}: sha256 of the bytes read is {got}, the source records "
+                                 f"{self.expected}; the object is corrupt or was replaced")
+        self.checked = True
+
+
+def recorded_sha256(store: S3Store, bucket: str, prefix: str, objects: Sequence[tuple[str, int, str]],
+                    ) -> dict[str, str]:
+    """{object key: sha256} the source records: its manifest.json's files, else each object's
+    `x-amz-meta-sha256` (set by this project's uploads). Objects with neither are absent."""
+    start = prefix.rstrip("/") + "/" if prefix else ""
+    manifest = next((k for k, _, _ in objects if k == start + "manifest.json"), None)
+    if manifest is not None:
+        head = store.head(bucket, manifest)
+        raw = read_range(store, bucket, manifest, head[2] if head else "", 0, head[0] if head else 0)
+        try:
+            files = json.loads(bytes(raw))["files"]
+            listed = {start + str(f["name"]): str(f["sha256"]) for f in files}
+        except (ValueError, KeyError, TypeError) as err:
+            raise StorageError(f"s3://{bucket}/{manifest} is not a checkpoint manifest "
+                               f"({type(err).__name__}: {err})") from None
+        return {k: v for k, v in listed.items() if k.endswith(".safetensors")}
+    out = {}
+    for key, _, _ in objects:
+        if key.endswith(".safetensors"):
+            head = store.head(bucket, key)
+            if head is not None and head[1]:
+                out[key] = head[1]
+    return out
+
+
+def read_header(store: S3Store, bucket: str, key: str, size: int, etag: str,
+                digest: Optional[ObjectDigest] = None) -> dict[str, RemoteTensor]:
     """The tensors of one safetensors object, from its header; each checked to lie inside the object."""
     if size < 8:
         raise IntegrityError(f"s3://{bucket}/{key}: {size} bytes is too short for a safetensors file")
-    (length,) = struct.unpack("<Q", bytes(read_range(store, bucket, key, etag, 0, 8)))
+    raw_length = read_range(store, bucket, key, etag, 0, 8)
+    (length,) = struct.unpack("<Q", bytes(raw_length))
     if length > min(MAX_HEADER_BYTES, size - 8):
         raise IntegrityError(f"s3://{bucket}/{key}: header length {length} does not fit the object ({size} bytes)")
+    raw_header = read_range(store, bucket, key, etag, 8, length)
+    if digest is not None:
+        digest.feed(0, raw_length)
+        digest.feed(8, raw_header)
     try:
-        header = json.loads(bytes(read_range(store, bucket, key, etag, 8, length)))
+        header = json.loads(bytes(raw_header))
     except ValueError as err:
         raise IntegrityError(f"s3://{bucket}/{key}: header is not JSON ({err})") from None
     base = 8 + length
@@ -100,16 +215,26 @@ def read_header(store: S3Store, bucket: str, key: str, size: int, etag: str) -> 
 class RemoteWeightIndex:
     """The safetensors objects under one prefix, read tensor by tensor with verified ranged GETs."""
 
-    def __init__(self, uri: str, store: Optional[S3Store] = None, prefetch_workers: int = 4):
+    def __init__(self, uri: str, store: Optional[S3Store] = None, prefetch_workers: int = 4,
+                 check_sha256: bool = True):
         self.uri = uri  # what another process (footprint's) opens again
         self.bucket, prefix = parse_s3_uri(uri)
         self.store = store or S3Store()
-        objects = [o for o in self.store.list(self.bucket, prefix) if o[0].endswith(".safetensors")]
+        listed = self.store.list(self.bucket, prefix)
+        objects = [o for o in listed if o[0].endswith(".safetensors")]
         if not objects:
             raise StorageError(f"{uri}: no .safetensors objects under this prefix")
+        recorded = recorded_sha256(self.store, self.bucket, prefix, listed) if check_sha256 else {}
+        unlisted = sorted(set(recorded) - {k for k, _, _ in objects})
+        if unlisted:
+            raise StorageError(f"s3://{self.bucket}/{unlisted[0]}: listed in the source's manifest, not in the bucket")
+        budget = HoldBudget()
+        self.digests = {key: ObjectDigest(f"s3://{self.bucket}/{key}", size, recorded[key], budget)
+                        for key, size, _ in objects if key in recorded}
+        self.etags = {key: etag for key, _, etag in objects}
         self.location: dict[str, RemoteTensor] = {}
         for key, size, etag in sorted(objects):
-            self.location.update(read_header(self.store, self.bucket, key, size, etag))
+            self.location.update(read_header(self.store, self.bucket, key, size, etag, self.digests.get(key)))
         self._pool = ThreadPoolExecutor(max_workers=prefetch_workers, thread_name_prefix="prefetch")
         self.pending: dict[str, Future] = {}
         self._next: dict[str, list[str]] = {}
@@ -146,7 +271,21 @@ class RemoteWeightIndex:
         for key in keys:
             future = self.pending.pop(key, None)
             out[key] = future.result() if future is not None else self._fetch(key)
+        for key in sorted(keys, key=lambda k: (self.location[k].key, self.location[k].start)):  # in file order
+            t = self.location[key]
+            digest = self.digests.get(t.key)
+            if digest is not None and not digest.checked:
+                digest.feed(t.start, memoryview(out[key].reshape(-1).view(torch.uint8).numpy()))
         return out
+
+    def verify(self) -> None:
+        """Check every object whose sha256 the source records and whose digest is not yet checked,
+        reading the bytes it still lacks (tensors never read, ranges that came too far out of order)."""
+        for key, digest in sorted(self.digests.items()):
+            if not digest.checked:
+                log.info("verifying s3://%s/%s against its recorded sha256", self.bucket, key)
+                digest.finish(lambda offset, length, key=key: read_range(
+                    self.store, self.bucket, key, self.etags[key], offset, length))
 
     def close(self) -> None:
         for future in self.pending.values():
