@@ -8,7 +8,7 @@ Field names are the contract between operator and worker (camelCase on the wire)
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -317,10 +317,14 @@ class Gate(ApiModel):
 
 class DenseBaseline(ApiModel):
     """Dense figures measured once and shared (a PruneSweep's children): the dense perplexity on
-    the same windows is not measured again. Speed is always measured beside each sparse model."""
+    the same windows, and the dense peak memory measured in a process of its own, are not measured
+    again. Speed is always measured beside each sparse model (interleaved, docs/measurement.md)."""
 
     perplexity: float = Field(gt=0.0, description="dense perplexity on this spec's evaluation windows")
     nll: Optional[float] = Field(None, description="its mean negative log-likelihood per token")
+    peak_memory_bytes: Optional[dict[int, Annotated[int, Field(ge=0)]]] = Field(
+        None, description="the dense model's peak generation memory per batch size, each measured in a process of "
+        "its own on CPU (same model, settings and threads for every child: not measured again)")
     source: str = Field(description="who measured it (the PruneJob or run)")
 
 

@@ -69,3 +69,33 @@ def test_a_shared_baseline_wins_over_measuring_first(tmp_path, tiny_model_factor
                      reporter=reporter, show_bar=False)
     assert not [c for c in reporter.calls if c[0] == "dense"]
     assert result.perplexity.dense == 123.0 and "other" in result.perplexity.dense_source
+
+
+def test_on_cpu_the_measurer_posts_the_dense_peak_memory_too(tmp_path, tiny_model_factory):
+    """With generation on, the measurer also measures the dense model's peak memory in a process of
+    its own before pruning (as its evaluation would), posts it, and does not measure it again."""
+    model = tiny_model_factory("llama")
+    generation = {"batchSizes": [1, 2], "promptTokens": 4, "newTokens": 2, "repeats": 1}
+    reporter = Recorder()
+    first = run_job(job(tmp_path, model, "first", measureDenseFirst=True, generation=generation),
+                    tmp_path / "w", reporter=reporter, show_bar=False)
+    [(_, baseline)] = [c for c in reporter.calls if c[0] == "dense"]
+    assert set(baseline.peak_memory_bytes) == {1, 2} and min(baseline.peak_memory_bytes.values()) > 0
+    dense_runs = {r.batch_size: r.figures.peak_memory_bytes for r in first.generation_runs if r.variant == "dense"}
+    assert dense_runs == baseline.peak_memory_bytes
+    assert any("dense peak memory not measured again" in n for n in first.notes)
+
+    # a child given that baseline takes the dense memory and measures its own sparse one
+    shared = baseline.model_dump(by_alias=True, mode="json")
+    second = run_job(job(tmp_path, model, "second", denseBaseline=shared, generation=generation), tmp_path / "w2",
+                     show_bar=False)
+    runs = {(r.variant, r.batch_size): r.figures.peak_memory_bytes for r in second.generation_runs}
+    assert runs[("dense", 1)] == baseline.peak_memory_bytes[1] and runs[("dense", 2)] == baseline.peak_memory_bytes[2]
+    assert runs[("sparse", 1)] > 0
+
+    # a baseline without the batch sizes this spec times measures dense memory again
+    partial = {**shared, "peakMemoryBytes": {"1": 5}}
+    third = run_job(job(tmp_path, model, "third", denseBaseline=partial, generation=generation), tmp_path / "w3",
+                    show_bar=False)
+    assert not any("memory not measured again" in n for n in third.notes)
+    assert {r.figures.peak_memory_bytes for r in third.generation_runs if r.variant == "dense"} != {5}

@@ -55,9 +55,14 @@ def test_sweep_runs_every_child_shares_dense_and_writes_the_report(tmp_path, cap
     results = {n: json.loads((tmp_path / "out" / n / "results.json").read_text()) for n in names}
     dense = results[names[0]]["perplexity"]["dense"]
     assert results[names[0]]["perplexity"].get("denseSource") is None  # the first measures the dense model
+    dense_memory = results[names[0]]["generation"]["dense"]["peakMemoryBytes"]  # in a process of its own
+    assert dense_memory > 0 and not [m for m in results[names[0]]["notes"] if "memory not measured again" in m]
     for n in names[1:]:  # the others say they took it
         assert results[n]["perplexity"]["dense"] == dense and names[0] in results[n]["perplexity"]["denseSource"]
         assert results[n]["generation"]["dense"]["tokensPerSecond"] > 0  # speed measured beside each child
+        assert results[n]["generation"]["dense"]["peakMemoryBytes"] == dense_memory  # memory shared, ...
+        assert any("dense peak memory not measured again" in m and names[0] in m for m in results[n]["notes"])
+        assert results[n]["generation"]["sparse"]["peakMemoryBytes"] > 0  # ... each sparse one measured
     report = tmp_path / "out" / "sweep"
     table = json.loads((report / "sweep.json").read_text())
     assert [r["child"] for r in table["status"]["rows"]] == names and table["status"]["done"] == "4/4"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prune_job.spec import PruneSweepStatus, parse_sweep_spec
+from prune_job.spec import PruneSweepStatus, parse_spec, parse_sweep_spec
 from prune_operator.sweep.plan import Observed, prunejob_for_child, reconcile
 
 NOW = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
@@ -90,12 +90,15 @@ def test_one_child_measures_the_dense_model_then_the_rest_start_with_its_figure(
     assert [r.phase for r in plan.status.rows] == ["Pending"] + ["Waiting"] * 5
     assert reconcile("g", wide, plan.status, [Observed(NAMES[0], "Running")], NOW).create == ()  # still measuring
 
-    posted = Observed(NAMES[0], "Running", dense={"perplexity": 21.5, "nll": 3.07, "source": "PruneJob g-wanda-30"})
+    posted = Observed(NAMES[0], "Running", dense={"perplexity": 21.5, "nll": 3.07, "peakMemoryBytes": {"1": 900},
+                                                  "source": "PruneJob g-wanda-30"})
     plan = reconcile("g", wide, plan.status, [posted], NOW)  # posted before pruning: the rest start, pruning overlaps
     assert [c.name for c in plan.create] == NAMES[1:3]
-    assert plan.dense_baseline == {"perplexity": 21.5, "nll": 3.07, "source": f"PruneJob {NAMES[0]} (sweep g)"}
+    assert plan.dense_baseline == {"perplexity": 21.5, "nll": 3.07, "peakMemoryBytes": {"1": 900},
+                                   "source": f"PruneJob {NAMES[0]} (sweep g)"}
     child = prunejob_for_child(sweep, plan.create[0], plan.dense_baseline)
     assert child["spec"]["evaluation"] == {"denseBaseline": plan.dense_baseline}  # told, not measuring
+    assert parse_spec(child["spec"]).evaluation.dense_baseline.peak_memory_bytes == {1: 900}  # the worker reads it
 
     # a failed measurer that posted nothing: the next child measures; one that posted: its figure stands
     plan = reconcile("g", wide, PruneSweepStatus(), [done(NAMES[0], "Failed")], NOW)

@@ -17,6 +17,7 @@ encodes each pruned tensor.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,6 +41,8 @@ from prune_job.spec import (
     CostResult, DenseBaseline, EvaluationEnvironment, GenerationEval, GenerationResult, GenerationRun, PerplexityDetail,
     PerplexityResult, PruneJob, TaskAccuracy, TasksDetail, TimedRun,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,7 +123,7 @@ def evaluate(
     windows = first_on_each_node(world, lambda: eval_windows(job, models, tokenizer, fetch))
     perplexity(models, windows, result, job, progress, world, measured_dense)
     if world.is_writer:
-        generate(models, job, result, progress)
+        generate(models, job, result, progress, job.spec.evaluation.dense_baseline or measured_dense)
     if world.is_writer and spec.evaluation.tasks is not None:
         _free(models.device)
         result.tasks, result.tasks_detail, notes = tasks.measure(models, spec.evaluation.tasks, tokenizer, progress)
@@ -189,8 +192,15 @@ def dense_perplexity(*, job: PruneJob, dense_dir: Path, tokenizer: Any = None,
                     spec.model.trust_remote_code, spec.model.blocks, dense=dense_weights)
     windows = first_on_each_node(world, lambda: eval_windows(job, models, tokenizer, fetch))
     figure = _streamed_perplexity(models, windows, "dense", progress, world)
+    memory = None
+    settings = spec.evaluation.generation
+    if world.is_writer and settings.enabled and models.device.type == "cpu" and _does_not_fit(models, settings, 1) is None:
+        try:  # the generation benchmark's dense memory, measured as evaluate() would, for the others too
+            memory = footprint.in_own_process(_footprint_recipe(models, "dense"), settings) or None
+        except (footprint.MeasurementError, OSError) as err:
+            log.warning("dense peak memory not measured before pruning (each child measures it): %s", err)
     return DenseBaseline(perplexity=figure.value, nll=figure.mean_nll if figure.tokens else None,
-                         source=source or f"PruneJob {job.metadata.name}")
+                         peak_memory_bytes=memory, source=source or f"PruneJob {job.metadata.name}")
 
 
 def _counter(progress, stage: str, total: int, unit: str) -> Optional[Callable[[int], None]]:
@@ -233,8 +243,11 @@ def busy_host_note(env: EvaluationEnvironment) -> Optional[str]:
     return None
 
 
-def generate(models: Models, job: PruneJob, result: Evaluation, progress: Any = None) -> None:
-    """Generation benchmark of every variant (dense, sparse, 2:4 kernels on CUDA), then cost."""
+def generate(models: Models, job: PruneJob, result: Evaluation, progress: Any = None,
+             known: Optional[DenseBaseline] = None) -> None:
+    """Generation benchmark of every variant (dense, sparse, 2:4 kernels on CUDA), then cost.
+    `known`: dense figures measured before (a sweep's, or this run's before pruning): its dense
+    peak memory, measured in a process of its own, is not measured again."""
     settings = job.spec.evaluation.generation
     no_kernel = kernels.kernel_unavailable(models.device, DTYPES[models.dtype], job.spec.pruning.nm)
     result.environment = environment(models.device, models.dtype, None if no_kernel else kernels.backend_name())
@@ -248,7 +261,7 @@ def generate(models: Models, job: PruneJob, result: Evaluation, progress: Any = 
     variants = ["dense", "sparse"] + ([] if no_kernel else ["sparse-kernel"])
     skipped = _does_not_fit(models, settings, 1)
     if skipped is None:
-        memory = _separate_process_memory(models, variants, settings, result, progress)
+        memory = _separate_process_memory(models, variants, settings, result, progress, known)
         together = _does_not_fit(models, settings, len(variants)) is None
         runs = _timed(models, variants, settings, result, progress, memory, together)
     else:
@@ -286,19 +299,31 @@ def _skipped_note(runs: list[GenerationRun]) -> Optional[str]:
 Memory = dict[str, dict[int, int]]  # variant -> batch size -> peak bytes
 
 
+def _footprint_recipe(models: Models, variant: str) -> footprint.Recipe:
+    return footprint.Recipe(str(models.dense_dir), None if variant == "dense" else str(models.sparse_dir),
+                            models.dtype, models.trust_remote_code, torch.get_num_threads(),
+                            getattr(models.dense, "uri", None))
+
+
 def _separate_process_memory(models: Models, variants: list[str], settings: GenerationEval, result: Evaluation,
-                             progress) -> Optional[Memory]:
-    """On CPU with the sparse model in a folder: each variant's peak memory in a process of its own."""
+                             progress, known: Optional[DenseBaseline] = None) -> Optional[Memory]:
+    """On CPU with the sparse model in a folder: each variant's peak memory in a process of its own
+    (the dense one taken from `known` when it has every batch size)."""
     if models.device.type != "cpu" or models.sparse_dir is None:
         return None
     on_variant = _counter(progress, "generation-memory", len(variants), "variant")
     memory: Memory = {}
+    shared = (known.peak_memory_bytes or {}) if known else {}
     for k, variant in enumerate(variants):
-        recipe = footprint.Recipe(str(models.dense_dir), None if variant == "dense" else str(models.sparse_dir),
-                                  models.dtype, models.trust_remote_code, torch.get_num_threads(),
-                                  getattr(models.dense, "uri", None))
+        if variant == "dense" and shared and set(settings.batch_sizes) <= set(shared):
+            memory[variant] = {b: shared[b] for b in settings.batch_sizes}
+            result.notes.append(f"dense peak memory not measured again: measured in a process of its own by "
+                                f"{known.source}")
+            if on_variant:
+                on_variant(k)
+            continue
         try:
-            memory[variant] = footprint.in_own_process(recipe, settings)
+            memory[variant] = footprint.in_own_process(_footprint_recipe(models, variant), settings)
         except (footprint.MeasurementError, OSError) as err:
             result.notes.append(f"peak memory of the {variant} model not measured: {err or type(err).__name__}")
             memory[variant] = {}

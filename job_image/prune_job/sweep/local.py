@@ -2,9 +2,10 @@
 
 The children share what does not depend on the pruning fields: the resolved
 model and the calibration windows (run.prepare's cache) and the dense
-perplexity (measured by the first child that evaluates, then passed to the
-others as `evaluation.denseBaseline`; generation speed is still measured
-beside each sparse model). Each child writes under `<template output>/<child>/`;
+perplexity and, on CPU, the dense peak memory measured in a process of its
+own (by the first child that evaluates, then passed to the others as
+`evaluation.denseBaseline`; generation speed is still measured beside each
+sparse model, interleaved). Each child writes under `<template output>/<child>/`;
 a child that fails is a Failed row and the others go on. The status, the
 choice and the report are those of the controller (grid, select, report).
 """
@@ -23,12 +24,19 @@ log = logging.getLogger(__name__)
 
 
 def baseline_from(detail: Any, child: str) -> Optional[DenseBaseline]:
-    """The dense perplexity a child measured itself (None when it did not, or took a shared one)."""
+    """The dense figures a child measured itself (None when it did not, or took shared ones): its
+    perplexity, and its dense peak memory where each variant was measured in a process of its own."""
     ppl = detail.perplexity
     if ppl is None or not ppl.dense or ppl.dense_source:
         return None
+    from prune_job.evaluation import footprint
+
     nll = detail.perplexity_detail.dense_nll if detail.perplexity_detail else None
-    return DenseBaseline(perplexity=ppl.dense, nll=nll, source=f"run {child}")
+    memory = None
+    if detail.environment is not None and detail.environment.memory_isolation == footprint.SEPARATE_PROCESS:
+        memory = {r.batch_size: r.figures.peak_memory_bytes for r in detail.generation_runs
+                  if r.variant == "dense" and r.figures is not None and r.figures.peak_memory_bytes is not None} or None
+    return DenseBaseline(perplexity=ppl.dense, nll=nll, peak_memory_bytes=memory, source=f"run {child}")
 
 
 def run_child(sweep: PruneSweep, child: Child, baseline: Optional[DenseBaseline], workdir: Path,

@@ -10,7 +10,8 @@ and the status to write, given the sweep and the PruneJobs it owns.
 - A failed child is a row with phase Failed and a Warning Event; the others
   go on. The sweep is Complete when every child has finished, Failed (as a
   whole) only when none succeeded.
-- Dense perplexity is measured once per sweep: until one is known, a single
+- Dense perplexity (and, on CPU, the dense peak memory measured in a process
+  of its own) is measured once per sweep: until one is known, a single
   child runs, created with `evaluation.measureDenseFirst` (it measures the
   dense model before pruning and posts `status.denseBaseline` at once); then
   the others (up to `parallelism`) are created with it as
@@ -180,8 +181,8 @@ def dense_baseline(children: list[Observed], sweep: str) -> Optional[dict[str, A
         if posted is None and ppl.get("dense") and not ppl.get("denseSource"):
             posted = {"perplexity": ppl["dense"]}
         if posted is not None:
-            nll = {"nll": posted["nll"]} if posted.get("nll") is not None else {}
-            return {"perplexity": posted["perplexity"], **nll, "source": f"PruneJob {c.name} (sweep {sweep})"}
+            extra = {k: posted[k] for k in ("nll", "peakMemoryBytes") if posted.get(k) is not None}
+            return {"perplexity": posted["perplexity"], **extra, "source": f"PruneJob {c.name} (sweep {sweep})"}
     return None
 
 
