@@ -268,3 +268,24 @@ def test_hessian_running_mean_stays_accurate_over_many_batches():
         stats.add(chunk)
     expected = 2.0 / X.shape[0] * (X.double().T @ X.double())
     torch.testing.assert_close(stats.H.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_wanda_norms_do_not_depend_on_how_the_micro_batches_are_shared():
+    """Two ranks each summing half the micro-batches, reduced in fp64, score with the same fp32
+    norms as one process summing them all (no near-tie flips that would grow through later blocks)."""
+    from prune_job.algorithms.wanda import WandaStats, column_sq_norms
+
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(2, 64, 96, generator=g) * (1 + 10 * torch.rand(96, generator=g)) for _ in range(16)]
+    one = WandaStats(96)
+    for b in batches:
+        one.add(b)
+    halves = [WandaStats(96), WandaStats(96)]
+    for i, b in enumerate(batches):
+        halves[i * 2 // len(batches)].add(b)
+    reduced = halves[1].col_sq_norm.double() + halves[0].col_sq_norm.double()  # the other rank first
+    assert torch.equal(column_sq_norms(one).float(), reduced.float())
+    plain32 = torch.zeros(96)
+    for b in batches:  # what fp32 accumulation gives: not always the same bits
+        plain32 += torch.linalg.vector_norm(b.reshape(-1, 96), dim=0).square()
+    assert torch.allclose(plain32, one.col_sq_norm.float(), rtol=1e-5)

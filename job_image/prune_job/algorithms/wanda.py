@@ -10,7 +10,11 @@ from prune_job.spec import Pattern
 
 
 class WandaStats:
-    """Accumulates, per input feature j, sum over tokens of x_j^2 (fp32) and the token count."""
+    """Accumulates, per input feature j, sum over tokens of x_j^2 and the token count. Each
+    micro-batch's squares are summed in fp32, the micro-batches in fp64: the total then rounds to
+    the same fp32 whatever the order and grouping of the micro-batches, so several ranks (each
+    summing its share, then reduced in fp64) score exactly as one process does, and a rounding
+    difference cannot flip a near-tie whose change would grow through the later blocks."""
 
     def __init__(self, in_features: int, device: Optional[torch.device] = None):
         self.in_features = in_features
@@ -23,8 +27,8 @@ class WandaStats:
         x = X.detach().reshape(-1, self.in_features)
         sq = torch.linalg.vector_norm(x, ord=2, dim=0, dtype=torch.float32).square_()
         if self.col_sq_norm is None:
-            self.col_sq_norm = torch.zeros(self.in_features, dtype=torch.float32, device=self.device or x.device)
-        self.col_sq_norm += sq.to(self.col_sq_norm.device)
+            self.col_sq_norm = torch.zeros(self.in_features, dtype=torch.float64, device=self.device or x.device)
+        self.col_sq_norm += sq.to(self.col_sq_norm.device, torch.float64)
         self.n += x.shape[0]
 
 
