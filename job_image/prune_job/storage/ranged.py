@@ -166,6 +166,8 @@ def recorded_sha256(store: S3Store, bucket: str, prefix: str, objects: Sequence[
     manifest = next((k for k, _, _ in objects if k == start + "manifest.json"), None)
     if manifest is not None:
         head = store.head(bucket, manifest)
+        if head is not None and head[0] > MAX_HEADER_BYTES:
+            raise StorageError(f"s3://{bucket}/{manifest}: {head[0]} bytes is too large for a checkpoint manifest")
         raw = read_range(store, bucket, manifest, head[2] if head else "", 0, head[0] if head else 0)
         try:
             files = json.loads(bytes(raw))["files"]
