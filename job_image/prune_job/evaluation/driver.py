@@ -194,7 +194,8 @@ def dense_perplexity(*, job: PruneJob, dense_dir: Path, tokenizer: Any = None,
     figure = _streamed_perplexity(models, windows, "dense", progress, world)
     memory = None
     settings = spec.evaluation.generation
-    if world.is_writer and settings.enabled and models.device.type == "cpu" and _does_not_fit(models, settings, 1) is None:
+    on_cpu = models.device.type == "cpu"
+    if world.is_writer and settings.enabled and on_cpu and _does_not_fit(models, settings, 1) is None:
         try:  # the generation benchmark's dense memory, measured as evaluate() would, for the others too
             memory = footprint.in_own_process(_footprint_recipe(models, "dense"), settings) or None
         except (footprint.MeasurementError, OSError) as err:
