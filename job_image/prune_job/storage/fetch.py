@@ -58,8 +58,13 @@ def _listed(store: S3Store, uri: str, bucket: str, prefix: str) -> dict[str, tup
 
 def _manifest_files(uri: str, path: Path) -> dict[str, tuple[int, str]]:
     """{file name: (size, sha256)} from a downloaded manifest.json, every name checked."""
+    return manifest_files(uri, path.read_bytes())
+
+
+def manifest_files(uri: str, raw: bytes) -> dict[str, tuple[int, str]]:
+    """{file name: (size, sha256)} from a manifest.json's bytes, every name checked."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(raw)
         files = doc["files"]
         wanted = {f["name"]: (int(f["size"]), str(f["sha256"])) for f in files}
     except (ValueError, KeyError, TypeError) as err:

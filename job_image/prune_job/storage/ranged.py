@@ -41,6 +41,7 @@ import torch
 from prune_job.checkpoint.dtypes import CODE_DTYPES
 from prune_job.storage.client import S3Store, parse_s3_uri
 from prune_job.storage.errors import IntegrityError, StorageError
+from prune_job.storage.fetch import manifest_files
 from prune_job.storage.transfer import MiB
 
 MAX_HEADER_BYTES = 100 * MiB  # safetensors' own limit
@@ -169,13 +170,8 @@ def recorded_sha256(store: S3Store, bucket: str, prefix: str, objects: Sequence[
         if head is not None and head[0] > MAX_HEADER_BYTES:
             raise StorageError(f"s3://{bucket}/{manifest}: {head[0]} bytes is too large for a checkpoint manifest")
         raw = read_range(store, bucket, manifest, head[2] if head else "", 0, head[0] if head else 0)
-        try:
-            files = json.loads(bytes(raw))["files"]
-            listed = {start + str(f["name"]): str(f["sha256"]) for f in files}
-        except (ValueError, KeyError, TypeError) as err:
-            raise StorageError(f"s3://{bucket}/{manifest} is not a checkpoint manifest "
-                               f"({type(err).__name__}: {err})") from None
-        return {k: v for k, v in listed.items() if k.endswith(".safetensors")}
+        listed = manifest_files(f"s3://{bucket}/{start}", bytes(raw))
+        return {start + name: sha for name, (_, sha) in listed.items() if name.endswith(".safetensors")}
     out = {}
     for key, _, _ in objects:
         if key.endswith(".safetensors"):
