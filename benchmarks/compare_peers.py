@@ -322,6 +322,12 @@ def print_stages(runs: list[dict]) -> None:
         beside = ", ".join(f"{p['tool']} {fmt(p.get('prune_s'), '.1f')}" for p in peers)
         print(f"{r['method']:10} {r['pattern']:12} {fmt(sec.get('prune'), '8.1f')} "
               + " ".join(f"{sec['stages'].get(n, 0.0):9.1f}" for n in names) + f"  {beside}")
+        cpu = sec.get("stageCpu")
+        if cpu:  # cores each stage kept busy: CPU seconds over wall seconds
+            busy = sum(cpu.values()) / sec["prune"] if sec.get("prune") else None
+            print(f"{'  cores':23} {fmt(busy, '8.2f')} "
+                  + " ".join(f"{cpu.get(n, 0.0) / w:9.2f}" if (w := sec["stages"].get(n, 0.0)) >= 0.05 else f"{'-':>9}"
+                             for n in names))
 
 
 def gb(b) -> float | None:

@@ -195,7 +195,10 @@ def run_job(job: PruneJob, workdir: Path, reporter: Optional[StatusReporter] = N
 
     detail = assemble_results(job, prepared, pruned, written, evaluation)
     detail.seconds.prune = seconds_prune
-    detail.seconds.stages = StageSeconds(**pruned.clock.breakdown(seconds_prune)) if pruned.clock else None
+    if pruned.clock:
+        detail.seconds.stages = StageSeconds(**pruned.clock.breakdown(seconds_prune))
+        cpu = pruned.clock.cpu_breakdown()
+        detail.seconds.stage_cpu = StageSeconds(**cpu) if cpu else None
     detail.seconds.evaluate = seconds_evaluate
     detail.seconds.total = time.perf_counter() - t_start
     detail.memory.peak_host_bytes = peak_host

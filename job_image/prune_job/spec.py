@@ -592,6 +592,8 @@ class SecondsResult(ApiModel):
     evaluate: float = 0.0
     total: float = 0.0
     stages: Optional[StageSeconds] = None
+    stage_cpu: Optional[StageSeconds] = Field(
+        None, description="CPU seconds of the process (all threads) in each stage: over `stages`, the cores it kept busy")
 
 
 class ArtifactResult(ApiModel):

@@ -35,6 +35,7 @@ def test_run_dense_output_loads_and_reports(tmp_path, capsys, tiny_model_factory
     stages = results["seconds"]["stages"]  # where the pruning seconds went, adding up to seconds.prune
     assert stages["statistics"] > 0 and stages["factorise"] > 0 and stages["solve"] > 0 and stages["write"] > 0
     assert abs(sum(stages.values()) - results["seconds"]["prune"]) < 1e-2 and "prune seconds by stage:" in out
+    assert results["seconds"]["stageCpu"]["statistics"] > 0 and "cores busy by stage:" in out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["sparsity"]["measured"] == results["sparsity"]  # one count: the writer's
     assert manifest["sparsity"]["layers"] == {layer["name"]: layer["sparsity"] for layer in results["layers"]}

@@ -26,6 +26,23 @@ def test_stage_accumulates_and_other_is_the_rest():
     assert clock.breakdown(0.0)["other"] == 0.0  # never negative
 
 
+def test_cpu_seconds_show_which_stage_kept_a_core_busy():
+    clock = StageClock()
+    assert clock.cpu_breakdown() is None  # not stopped yet
+    with clock.stage("solve"):
+        end = time.perf_counter() + 0.05
+        while time.perf_counter() < end:  # busy
+            pass
+    with clock.stage("write"):
+        time.sleep(0.05)  # idle
+    clock.stop()
+    cpu = clock.cpu_breakdown()
+    assert set(cpu) == set(STAGES) | {"other"}
+    assert cpu["solve"] >= 0.03
+    assert cpu["write"] < 0.02
+    assert sum(cpu.values()) == pytest.approx(max(clock.cpu_total, sum(clock.cpu_seconds.values())), abs=1e-3)
+
+
 def test_inner_stage_is_charged_to_the_outer_one():
     clock = StageClock()
     with stages.active(clock):
@@ -72,6 +89,9 @@ def test_prune_model_reports_its_stages(tiny_model_factory, method):
     assert sum(s.values()) <= total
     assert stages._active is None  # the clock is active only while prune_model runs
     StageSeconds(**result.clock.breakdown(total))  # fits results.json's model
+    cpu = result.clock.cpu_breakdown()  # stopped when prune_model returned
+    assert cpu["statistics"] > 0 and cpu["propagate"] > 0
+    StageSeconds(**cpu)
 
 
 def test_sequential_statistics_stop_at_the_group_leader(tiny_model_factory):

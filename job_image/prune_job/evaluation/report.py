@@ -117,6 +117,10 @@ def _trailer(results: Results) -> list[str]:
     if sec.stages is not None:
         parts = [f"{k} {v:.1f}" for k, v in sec.stages.model_dump().items() if v >= 0.05]
         lines.append("prune seconds by stage: " + (", ".join(parts) or "none over 0.05"))
+        if sec.stage_cpu is not None:  # CPU over wall seconds: the cores each stage kept busy
+            wall, cpu = sec.stages.model_dump(), sec.stage_cpu.model_dump()
+            cores = [f"{k} {cpu[k] / v:.2f}" for k, v in wall.items() if v >= 0.05]
+            lines.append("cores busy by stage: " + (", ".join(cores) or "none over 0.05 s"))
     if results.generation.note:
         lines.append(f"note: {results.generation.note}")
     return lines

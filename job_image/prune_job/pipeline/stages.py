@@ -7,6 +7,10 @@ that call the algorithms directly). Stages do not nest: while one is open, an in
 so the stages never add up to more than the wall time, and "other" is the rest.
 Only the thread that owns the clock is timed; work overlapped on another thread is
 not pruning wall time and is not charged.
+
+Beside the wall seconds, each stage records the process's CPU seconds (all its
+threads) over the same interval: CPU over wall per stage is how many cores that
+stage kept busy, which says where a core sat idle.
 """
 from __future__ import annotations
 
@@ -21,12 +25,16 @@ STAGES = ("capture", "read", "statistics", "factorise", "solve", "propagate", "w
 
 
 class StageClock:
-    """perf_counter seconds per stage, on the owning thread, outermost stage wins."""
+    """perf_counter seconds (and process CPU seconds) per stage, on the owning thread,
+    outermost stage wins."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.cpu_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._thread = threading.get_ident()
         self._open: Optional[str] = None
+        self._cpu_start = time.process_time()
+        self.cpu_total: Optional[float] = None  # set by `stop`
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -35,18 +43,31 @@ class StageClock:
         if self._open is not None or threading.get_ident() != self._thread:
             yield
             return
-        self._open, t0 = name, time.perf_counter()
+        self._open, t0, c0 = name, time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - t0
+            self.cpu_seconds[name] += time.process_time() - c0
             self._open = None
+
+    def stop(self) -> None:
+        """Record the process CPU seconds since the clock was made (the total `cpu_breakdown` splits)."""
+        self.cpu_total = time.process_time() - self._cpu_start
 
     def breakdown(self, total: float) -> dict[str, float]:
         """The stages plus `other` = total - their sum (never negative)."""
-        out = {k: round(v, 4) for k, v in self.seconds.items()}
-        out["other"] = round(max(0.0, total - sum(self.seconds.values())), 4)
-        return out
+        return _with_other(self.seconds, total)
+
+    def cpu_breakdown(self) -> Optional[dict[str, float]]:
+        """CPU seconds per stage plus `other`, once `stop` has run."""
+        return None if self.cpu_total is None else _with_other(self.cpu_seconds, self.cpu_total)
+
+
+def _with_other(seconds: dict[str, float], total: float) -> dict[str, float]:
+    out = {k: round(v, 4) for k, v in seconds.items()}
+    out["other"] = round(max(0.0, total - sum(seconds.values())), 4)
+    return out
 
 
 _active: Optional[StageClock] = None
@@ -77,6 +98,7 @@ def timed(fn: Callable[..., R]) -> Callable[..., R]:
         clock = StageClock()
         with active(clock):
             result = fn(*args, **kwargs)
+        clock.stop()
         result.clock = clock
         return result
 
