@@ -309,6 +309,8 @@ def print_table(runs: list[dict], dense_ppl: float | None) -> None:
 
 def print_stages(runs: list[dict]) -> None:
     """Ours: where seconds.prune went (results.json's seconds.stages), beside each peer's load+prune total."""
+    from prune_job.pipeline.stages import cores_busy
+
     ours = [r for r in runs if r["tool"] == "ours" and (r.get("results_json") or {}).get("seconds", {}).get("stages")]
     if not ours:
         return
@@ -323,11 +325,10 @@ def print_stages(runs: list[dict]) -> None:
         print(f"{r['method']:10} {r['pattern']:12} {fmt(sec.get('prune'), '8.1f')} "
               + " ".join(f"{sec['stages'].get(n, 0.0):9.1f}" for n in names) + f"  {beside}")
         cpu = sec.get("stageCpu")
-        if cpu:  # cores each stage kept busy: CPU seconds over wall seconds
+        if cpu:
             busy = sum(cpu.values()) / sec["prune"] if sec.get("prune") else None
-            print(f"{'  cores':23} {fmt(busy, '8.2f')} "
-                  + " ".join(f"{cpu.get(n, 0.0) / w:9.2f}" if (w := sec["stages"].get(n, 0.0)) >= 0.05 else f"{'-':>9}"
-                             for n in names))
+            cores = cores_busy(sec["stages"], cpu)
+            print(f"{'  cores':23} {fmt(busy, '8.2f')} " + " ".join(f"{fmt(cores.get(n), '.2f'):>9}" for n in names))
 
 
 def gb(b) -> float | None:

@@ -43,6 +43,12 @@ def test_cpu_seconds_show_which_stage_kept_a_core_busy():
     assert sum(cpu.values()) == pytest.approx(max(clock.cpu_total, sum(clock.cpu_seconds.values())), abs=1e-3)
 
 
+def test_cores_busy_is_cpu_over_wall_for_stages_long_enough_to_say():
+    wall = {"statistics": 10.0, "solve": 2.0, "trim": 0.01, "replay": 0.0}
+    cpu = {"statistics": 19.5, "solve": 2.0, "trim": 0.02}
+    assert stages.cores_busy(wall, cpu) == {"statistics": 1.95, "solve": 1.0}
+
+
 def test_inner_stage_is_charged_to_the_outer_one():
     clock = StageClock()
     with stages.active(clock):

@@ -10,6 +10,7 @@ from prune_job.evaluation import tasks
 from prune_job.evaluation.plots import COMPARISON_PNG, SPARSITY_PNG, comparison_plot, sparsity_plot
 from prune_job.checkpoint.sparsity import layer_kind
 from prune_job.evaluation.spread import MIN_SAMPLES
+from prune_job.pipeline.stages import cores_busy
 from prune_job.spec import Comparison, GenerationFigures, GenerationRun, Results, ResultsDetail, Spread
 
 REPORT_MD = "report.md"
@@ -117,9 +118,8 @@ def _trailer(results: Results) -> list[str]:
     if sec.stages is not None:
         parts = [f"{k} {v:.1f}" for k, v in sec.stages.model_dump().items() if v >= 0.05]
         lines.append("prune seconds by stage: " + (", ".join(parts) or "none over 0.05"))
-        if sec.stage_cpu is not None:  # CPU over wall seconds: the cores each stage kept busy
-            wall, cpu = sec.stages.model_dump(), sec.stage_cpu.model_dump()
-            cores = [f"{k} {cpu[k] / v:.2f}" for k, v in wall.items() if v >= 0.05]
+        if sec.stage_cpu is not None:
+            cores = [f"{k} {v:.2f}" for k, v in cores_busy(sec.stages.model_dump(), sec.stage_cpu.model_dump()).items()]
             lines.append("cores busy by stage: " + (", ".join(cores) or "none over 0.05 s"))
     if results.generation.note:
         lines.append(f"note: {results.generation.note}")

@@ -64,6 +64,12 @@ class StageClock:
         return None if self.cpu_total is None else _with_other(self.cpu_seconds, self.cpu_total)
 
 
+def cores_busy(wall: dict[str, float], cpu: dict[str, float], least: float = 0.05) -> dict[str, float]:
+    """CPU over wall seconds per stage (how many cores it kept busy), for stages of at least
+    `least` wall seconds (shorter ones say nothing)."""
+    return {k: cpu.get(k, 0.0) / v for k, v in wall.items() if v >= least}
+
+
 def _with_other(seconds: dict[str, float], total: float) -> dict[str, float]:
     out = {k: round(v, 4) for k, v in seconds.items()}
     out["other"] = round(max(0.0, total - sum(seconds.values())), 4)
